@@ -1,0 +1,138 @@
+"""Dual-view augmentations: pure TensorFlow ops on one image [H, W, C] float32 in [0, 1].
+
+Defaults are BYOL's view table (Grill et al. 2020, Table 6); gin/augment_simclr.gin binds the
+SimCLR preset. Per-view parameters are pairs (view1, view2). One-channel images skip the colour
+ops that have no meaning for them (saturation, hue, grayscale) instead of failing.
+"""
+
+import math
+
+import gin
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sample_crop_window(height, width, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), attempts=10):
+  """Random-resized-crop window (offset_y, offset_x, crop_h, crop_w), int32 scalars.
+
+  Area fraction ~ U(area), aspect ratio log-uniform in `aspect`; the first of `attempts` draws
+  that fits is used, else the centre crop of the whole image (as torchvision and BYOL do).
+  Returned as a window so JPEG sources can decode only the crop (decode_and_crop_jpeg).
+  """
+  h = tf.cast(height, tf.float32)
+  w = tf.cast(width, tf.float32)
+  target_area = tf.random.uniform([attempts], area[0], area[1]) * h * w
+  log_ratio = tf.random.uniform([attempts], math.log(aspect[0]), math.log(aspect[1]))
+  ratio = tf.exp(log_ratio)
+  cw = tf.round(tf.sqrt(target_area * ratio))
+  ch = tf.round(tf.sqrt(target_area / ratio))
+  fits = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  ok = tf.reduce_any(fits)
+  crop_h = tf.cast(tf.where(ok, ch[first], h), tf.int32)
+  crop_w = tf.cast(tf.where(ok, cw[first], w), tf.int32)
+  off_y = tf.random.uniform([], 0, tf.cast(height, tf.int32) - crop_h + 1, dtype=tf.int32)
+  off_x = tf.random.uniform([], 0, tf.cast(width, tf.int32) - crop_w + 1, dtype=tf.int32)
+  return off_y, off_x, crop_h, crop_w
+
+
+def _maybe(prob, fn, x):
+  return tf.cond(tf.random.uniform([]) < prob, lambda: fn(x), lambda: x)
+
+
+def _color_jitter(x, brightness, contrast, saturation, hue):
+  """Jitter in a random order, each op followed by a clip (BYOL)."""
+  channels = x.shape[-1]
+
+  def bright(y):
+    return y + tf.random.uniform([], -brightness, brightness)
+
+  def contr(y):
+    mean = tf.reduce_mean(tf.image.rgb_to_grayscale(y) if channels == 3 else y)
+    return (y - mean) * tf.random.uniform([], 1 - contrast, 1 + contrast) + mean
+
+  def satur(y):
+    return tf.image.adjust_saturation(y, tf.random.uniform([], 1 - saturation, 1 + saturation))
+
+  def hue_fn(y):
+    return tf.image.adjust_hue(y, tf.random.uniform([], -hue, hue))
+
+  ops = [bright, contr] + ([satur, hue_fn] if channels == 3 else [])
+  order = tf.random.shuffle(tf.range(len(ops)))
+  for i in range(len(ops)):
+    x = tf.switch_case(order[i], [lambda op=op: tf.clip_by_value(op(x), 0., 1.) for op in ops])
+  return x
+
+
+def gaussian_blur(x, sigma, kernel_size):
+  """Separable Gaussian blur with reflect padding; kernel_size odd."""
+  radius = kernel_size // 2
+  pos = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  k = tf.exp(-tf.square(pos) / (2.0 * tf.square(sigma)))
+  k /= tf.reduce_sum(k)
+  channels = x.shape[-1]
+  kx = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, channels, 1])
+  ky = tf.reshape(kx, [-1, 1, channels, 1])
+  y = tf.pad(x[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode='REFLECT')
+  y = tf.nn.depthwise_conv2d(y, kx, [1, 1, 1, 1], 'VALID')
+  y = tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], 'VALID')
+  return y[0]
+
+
+@gin.configurable
+def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), flip_prob=0.5,
+                    jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                    grayscale_prob=0.2, blur_prob=(1.0, 0.1), blur_sigma=(0.1, 2.0),
+                    blur_kernel_frac=0.1, solarize_prob=(0.0, 0.2)):
+  """Returns (crop, view1, view2).
+
+  crop(image [H, W, C] uint8 or float, cropped=False) -> float [image_size, image_size, C] in [0, 1]: random
+  resized crop (area U(crop_area), log-uniform aspect), bicubic, clipped; crop.window(h, w) samples
+  the window alone (for decode_and_crop_jpeg; then pass the cropped image with cropped=True).
+  viewK(image float [S, S, C]) -> float [S, S, C] in [0, 1]: flip, colour jitter with jitter_prob,
+  grayscale, blur (kernel blur_kernel_frac of the side, sigma U(blur_sigma)) and solarize
+  (threshold 0.5) with view K's probabilities.
+  """
+  kernel = max(3, int(image_size * blur_kernel_frac) // 2 * 2 + 1)
+
+  def crop(image, cropped=False):
+    if not cropped:
+      shape = tf.shape(image)
+      image = tf.image.crop_to_bounding_box(image, *crop.window(shape[0], shape[1]))
+    image = tf.image.convert_image_dtype(image, tf.float32) if image.dtype == tf.uint8 else image
+    image = tf.image.resize(image, [image_size, image_size], method='bicubic')
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+  crop.window = lambda h, w: sample_crop_window(h, w, crop_area, aspect)
+
+  def make_view(k):
+    def view(x):
+      channels = x.shape[-1]
+      x = _maybe(flip_prob, tf.image.flip_left_right, x)
+      x = _maybe(jitter_prob, lambda y: _color_jitter(y, brightness, contrast, saturation, hue), x)
+      if channels == 3:
+        x = _maybe(grayscale_prob, lambda y: tf.tile(tf.image.rgb_to_grayscale(y), [1, 1, 3]), x)
+      x = _maybe(blur_prob[k], lambda y: gaussian_blur(
+          y, tf.random.uniform([], blur_sigma[0], blur_sigma[1]), kernel), x)
+      x = _maybe(solarize_prob[k], lambda y: tf.where(y < 0.5, y, 1.0 - y), x)
+      return tf.clip_by_value(x, 0.0, 1.0)
+    return view
+
+  return crop, make_view(0), make_view(1)
+
+
+def normalize(x, mean, std):
+  return (x - tf.constant(mean, x.dtype)) / tf.constant(std, x.dtype)
+
+
+def center_crop(image, image_size, crop_frac=0.875):
+  """Eval transform: centre crop of crop_frac of the shorter side, resized (bicubic) to image_size."""
+  shape = tf.shape(image)
+  h, w = shape[0], shape[1]
+  side = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * crop_frac, tf.int32)
+  image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
+  image = tf.image.convert_image_dtype(image, tf.float32) if image.dtype == tf.uint8 else image
+  image = tf.image.resize(image, [image_size, image_size], method='bicubic')
+  return tf.clip_by_value(image, 0.0, 1.0)

@@ -1,0 +1,72 @@
+"""Evaluation of frozen representations: feature extraction, linear probe, kNN."""
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def extract_features(encoder, dataset):
+  """Runs `encoder` (inference mode) over (image, label) batches; returns (features, labels)."""
+  @tf.function
+  def embed(images):
+    return encoder(images, training=False)
+
+  feats, labels = [], []
+  for images, y in dataset:
+    feats.append(embed(images).numpy())
+    labels.append(y.numpy())
+  return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+@gin.configurable
+def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch_size=1024,
+                 learning_rate=1e-3, l2=1e-4, seed=0):
+  """Top-1 accuracy (%) of a softmax-regression probe trained on frozen features.
+
+  Features are standardised with the training statistics; the probe is trained with Adam on
+  mini-batches (a fixed, cheap protocol so that encoders compare on equal terms; the BYOL
+  protocol for ImageNet is the offline evaluation in the gin configs).
+  """
+  mean = train_x.mean(0, keepdims=True)
+  std = train_x.std(0, keepdims=True) + 1e-6
+  train_x = (train_x - mean) / std
+  test_x = (test_x - mean) / std
+  rng = np.random.default_rng(seed)
+  dim = train_x.shape[1]
+  w = tf.Variable(tf.zeros([dim, num_classes]))
+  b = tf.Variable(tf.zeros([num_classes]))
+  opt = keras.optimizers.Adam(learning_rate)
+
+  @tf.function
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      logits = tf.matmul(x, w) + b
+      loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+      loss += l2 * tf.reduce_sum(tf.square(w))
+    opt.apply(tape.gradient(loss, [w, b]), [w, b])
+
+  n = len(train_x)
+  for _ in range(epochs):
+    order = rng.permutation(n)
+    for start in range(0, n, batch_size):
+      idx = order[start:start + batch_size]
+      step(tf.constant(train_x[idx]), tf.constant(train_y[idx]))
+  pred = np.argmax(test_x @ w.numpy() + b.numpy(), axis=1)
+  return 100.0 * float(np.mean(pred == test_y))
+
+
+@gin.configurable
+def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperature=0.1,
+                 chunk=1024):
+  """Top-1 (%) of weighted kNN on cosine similarity (Wu et al. 2018): each of the k nearest
+  training features votes for its class with weight exp(similarity / temperature)."""
+  train = tf.math.l2_normalize(tf.constant(train_x), axis=1)
+  correct = 0
+  for start in range(0, len(test_x), chunk):
+    q = tf.math.l2_normalize(tf.constant(test_x[start:start + chunk]), axis=1)
+    sim, idx = tf.math.top_k(tf.matmul(q, train, transpose_b=True), k=k)
+    votes = tf.one_hot(tf.gather(train_y, idx), num_classes) * tf.exp(sim / temperature)[..., None]
+    pred = tf.argmax(tf.reduce_sum(votes, axis=1), axis=1).numpy()
+    correct += int(np.sum(pred == test_y[start:start + chunk]))
+  return 100.0 * correct / len(test_x)

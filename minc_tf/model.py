@@ -1,0 +1,256 @@
+"""The self-supervised Keras model: online / target networks, MINC summary state, train_step.
+
+One class serves every method, so that MINC and its baselines share the encoder, the input
+pipeline, the optimizer and the probe, and differ only where the method does:
+
+  method        online                       target                  loss
+  minc          encoder+projector(+pred.)    EMA copy (or sg online)  minc_loss with summary M
+  spectral      encoder+projector            none                    spectral_contrastive_loss
+  simclr        encoder+projector            none                    simclr_loss
+  byol          encoder+projector+MLP pred.  EMA copy                byol_loss
+  linear_byol   encoder+projector+lin. pred. EMA copy                byol_loss
+  simsiam       encoder+projector+MLP pred.  sg(online)              byol_loss
+
+The model owns all state a checkpoint needs: online and target weights, the summary statistic
+and its step count, the optimizer.
+"""
+
+import math
+
+import gin
+import keras
+import tensorflow as tf
+
+from minc_tf import losses
+from minc_tf import networks
+
+METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
+
+
+def target_tau(step, total_steps, tau_base):
+  """BYOL's EMA schedule: tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
+  frac = tf.minimum(tf.cast(step, tf.float32) / float(max(total_steps, 1)), 1.0)
+  return 1.0 - (1.0 - tau_base) * (tf.cos(math.pi * frac) + 1.0) / 2.0
+
+
+class SSLModel(keras.Model):
+  """Two-view self-supervised model with a custom train_step (see the module docstring).
+
+  Data: train batches are ((view1, view2), labels) with labels used only by the online linear
+  probe (pass -1 labels, or num_classes=0, to train without one); eval batches are
+  (image, label) and measure the probe.
+  """
+
+  def __init__(self, encoder, projector, predictor=None, target_encoder=None,
+               target_projector=None, method='minc', num_classes=0, mu=1.0, temperature=0.1,
+               summary_decay=0.99, summary_source='target', summary_centered=False,
+               lower_triangular=False, tau_base=0.99, total_steps=1, **kwargs):
+    super().__init__(**kwargs)
+    if method not in METHODS:
+      raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
+    self.method = method
+    self.encoder = encoder
+    self.projector = projector
+    self.predictor = predictor
+    self.target_encoder = target_encoder
+    self.target_projector = target_projector
+    if target_encoder is not None:
+      target_encoder.trainable = False
+      target_projector.trainable = False
+    self.mu = mu
+    self.temperature = temperature
+    self.summary_decay = summary_decay
+    self.summary_source = summary_source
+    self.summary_centered = summary_centered
+    self.lower_triangular = lower_triangular
+    self.tau_base = tau_base
+    self.total_steps = total_steps
+    self.num_classes = num_classes
+    self.probe = keras.layers.Dense(num_classes, name='probe') if num_classes else None
+
+    k = projector.output_shape[-1]
+    # Every replica computes the same (all-reduced) update, so per-replica assignment keeps the
+    # mirrored copies identical; autocast=False keeps the summary in float32 under bf16.
+    self.summary = self.add_weight(shape=(k, k), initializer='zeros', trainable=False,
+                                   autocast=False, name='summary')
+    self.summary_steps = self.add_weight(shape=(), initializer='zeros', trainable=False,
+                                         autocast=False, name='summary_steps')
+    self.loss_tracker = keras.metrics.Mean(name='loss')
+    self.ssl_loss_tracker = keras.metrics.Mean(name='ssl_loss')
+    self.probe_loss_tracker = keras.metrics.Mean(name='probe_loss')
+    self.probe_acc = keras.metrics.SparseCategoricalAccuracy(name='probe_acc')
+    self.feature_std = keras.metrics.Mean(name='feature_std')
+
+  @property
+  def metrics(self):
+    m = [self.loss_tracker, self.ssl_loss_tracker, self.feature_std]
+    if self.probe is not None:
+      m += [self.probe_loss_tracker, self.probe_acc]
+    return m
+
+  def call(self, images, training=False):
+    """Encoder features (what the probe and the exported model see)."""
+    return self.encoder(images, training=training)
+
+  def build_all(self, image_shape):
+    """Creates every variable (probe, optimizer slots need shapes before a checkpoint loads)."""
+    if self.probe is not None:
+      self.probe.build((None, self.encoder.output_shape[-1]))
+    self.built = True
+
+  # --- the method's loss -----------------------------------------------------------------------
+
+  def _online(self, x, training):
+    h = self.encoder(x, training=training)
+    z = self.projector(h, training=training)
+    q = self.predictor(z, training=training) if self.predictor is not None else z
+    return h, z, q
+
+  def _target(self, x, z):
+    if self.target_encoder is None:
+      return tf.stop_gradient(z)
+    return tf.stop_gradient(
+        self.target_projector(self.target_encoder(x, training=True), training=True))
+
+  def _summary_matrix(self, s1, s2):
+    """Updates the EMA of the global second moment and returns its bias-corrected value."""
+    batch_moment = losses.batch_second_moment(s1, s2, centered=self.summary_centered)
+    decay = self.summary_decay
+    self.summary.assign(decay * self.summary + (1.0 - decay) * batch_moment)
+    self.summary_steps.assign_add(1.0)
+    # Adam-style bias correction: the EMA starts at zero.
+    return self.summary / (1.0 - tf.pow(decay, self.summary_steps)) if decay > 0 else self.summary
+
+  def compute_ssl_loss(self, x1, x2, training=True):
+    """The method's loss on one (local) batch of view pairs; global under a strategy."""
+    n = tf.shape(x1)[0]
+    h, z, q = self._online(tf.concat([x1, x2], axis=0), training)
+    h1 = h[:n]
+    z = tf.cast(z, tf.float32)
+    q = tf.cast(q, tf.float32)
+    z1, z2 = z[:n], z[n:]
+    q1, q2 = q[:n], q[n:]
+    if self.method == 'spectral':
+      loss = losses.spectral_contrastive_loss(z1, z2, mu=self.mu)
+    elif self.method == 'simclr':
+      loss = losses.simclr_loss(z1, z2, temperature=self.temperature)
+    else:
+      t = tf.cast(self._target(tf.concat([x1, x2], axis=0), z), tf.float32)
+      if self.method == 'minc':
+        # Scale control: the radial clip bounds ||z||^2 <= mu; without it the quadratic term lets
+        # the outputs grow until the step diverges.
+        q = losses.radial_clip(q, self.mu)
+        t = losses.radial_clip(t, self.mu)
+        src = t if self.summary_source == 'target' else tf.stop_gradient(
+            losses.radial_clip(z, self.mu))
+        m = self._summary_matrix(src[:n], src[n:])
+        loss = losses.minc_loss(q[:n], q[n:], t[:n], t[n:], m,
+                                lower_triangular=self.lower_triangular)
+        loss /= 1.0 if self.mu is None else self.mu
+      else:
+        loss = losses.byol_loss(q1, q2, t[:n], t[n:])
+    return loss, h1, z1
+
+  # --- Keras hooks -----------------------------------------------------------------------------
+
+  def train_step(self, data):
+    (x1, x2), labels = data
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      ssl_loss, h1, z1 = self.compute_ssl_loss(x1, x2, training=True)
+      total = ssl_loss
+      if self.probe is not None:
+        probe_loss, logits = self._probe_loss(h1, labels)
+        total += probe_loss
+      # Keras sums gradients over replicas and every loss above is already global.
+      scaled = total / replicas
+    variables = self.trainable_variables
+    grads = tape.gradient(scaled, variables)
+    self.optimizer.apply(grads, variables)
+    self._update_target()
+    self.loss_tracker.update_state(total)
+    self.ssl_loss_tracker.update_state(ssl_loss)
+    self.feature_std.update_state(
+        tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(z1, axis=-1), axis=0)))
+    if self.probe is not None:
+      self.probe_loss_tracker.update_state(probe_loss)
+      self.probe_acc.update_state(tf.maximum(labels, 0), logits,
+                                  sample_weight=tf.cast(labels >= 0, tf.float32))
+    return {m.name: m.result() for m in self.metrics}
+
+  def _probe_loss(self, h, labels):
+    logits = tf.cast(self.probe(tf.stop_gradient(h)), tf.float32)
+    valid = tf.cast(labels >= 0, tf.float32)
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
+    n_valid = losses.cross_replica_sum(tf.reduce_sum(valid))
+    return losses.cross_replica_sum(tf.reduce_sum(xent * valid)) / tf.maximum(n_valid, 1.0), logits
+
+  def _update_target(self):
+    if self.target_encoder is None:
+      return
+    tau = target_tau(self.optimizer.iterations, self.total_steps, self.tau_base)
+    online = self.encoder.trainable_weights + self.projector.trainable_weights
+    target = self.target_encoder.trainable_weights + self.target_projector.trainable_weights
+    # Replica-local assignment: the online weights are identical on every replica after the
+    # all-reduced update, so the targets stay identical too.
+    for t, o in zip(target, online):
+      t.assign(tau * t + (1.0 - tau) * tf.cast(o, t.dtype))
+
+  def test_step(self, data):
+    images, labels = data
+    if self.probe is not None:
+      logits = self.probe(self.encoder(images, training=False))
+      self.probe_acc.update_state(labels, logits)
+    return {'probe_acc': self.probe_acc.result()} if self.probe is not None else {}
+
+
+@gin.configurable
+def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(4096,),
+                projector_dim=256, predictor='none', predictor_hidden=(4096,), use_target=None,
+                mu=1.0, temperature=0.1, summary_decay=0.99, summary_source='target',
+                summary_centered=False, lower_triangular=False, tau_base=0.99, total_steps=1,
+                sync_bn=False):
+  """Builds the SSL model for `method` (call inside strategy.scope()).
+
+  predictor: 'none', 'mlp' (hidden predictor_hidden -> projector_dim) or 'linear'.
+    Defaults per method when left 'none': byol/simsiam 'mlp', linear_byol 'linear'.
+  use_target: EMA target network on/off; None means the method's default (on for minc, byol,
+    linear_byol; off for the rest). MINC without a target uses sg(online outputs).
+  mu: output scale control, radial clip ||z|| <= sqrt(mu) (MINC, Spectral); None disables it.
+  summary_decay: EMA decay of MINC's second-moment summary; 0 uses the current batch only.
+  summary_source: 'target' or 'online' outputs feed the summary; summary_centered subtracts
+    the mean's outer product.
+  lower_triangular: MINC's GHA / Sanger form (ordered features).
+  tau_base: target EMA base rate of BYOL's cosine schedule over total_steps.
+  """
+  if method not in METHODS:
+    raise ValueError(f'unknown method {method!r}; choose one of {", ".join(METHODS)}')
+  if predictor == 'none':
+    predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
+  if use_target is None:
+    use_target = method in ('minc', 'byol', 'linear_byol')
+
+  def online_and_target(prefix):
+    encoder = networks.build_encoder(image_shape, sync_bn=sync_bn, name=f'{prefix}encoder')
+    projector = networks.build_mlp(encoder.output_shape[-1], projector_hidden, projector_dim,
+                                   sync_bn=sync_bn, name=f'{prefix}projector')
+    return encoder, projector
+
+  encoder, projector = online_and_target('')
+  target_encoder = target_projector = None
+  if use_target:
+    target_encoder, target_projector = online_and_target('target_')
+    target_encoder.set_weights(encoder.get_weights())
+    target_projector.set_weights(projector.get_weights())
+  pred = None
+  if predictor != 'none':
+    hidden = predictor_hidden if predictor == 'mlp' else ()
+    pred = networks.build_mlp(projector_dim, hidden, projector_dim, sync_bn=sync_bn,
+                              name='predictor')
+  model = SSLModel(encoder, projector, pred, target_encoder, target_projector, method=method,
+                   num_classes=num_classes, mu=mu, temperature=temperature,
+                   summary_decay=summary_decay, summary_source=summary_source,
+                   summary_centered=summary_centered, lower_triangular=lower_triangular,
+                   tau_base=tau_base, total_steps=total_steps)
+  model.build_all(image_shape)
+  return model
