@@ -59,13 +59,21 @@ def replica_offset(local_n):
 
 
 def global_batch_size(x):
-  """N: the number of rows of `x` summed over replicas, as float32."""
-  return cross_replica_sum(tf.cast(tf.shape(x)[0], tf.float32))
+  """N: the number of rows of `x` summed over replicas, in x's dtype."""
+  return cross_replica_sum(tf.cast(tf.shape(x)[0], x.dtype))
 
 
-def global_mean(per_row):
-  """Mean over the global batch of a per-row quantity ([n])."""
-  return cross_replica_sum(tf.reduce_sum(per_row)) / global_batch_size(per_row)
+def global_means(*per_row):
+  """Means over the global batch of per-row quantities ([n] each), with ONE all-reduce.
+
+  Packing the sums into one collective matters: the backward pass of several independent
+  all-reduces may be scheduled in different orders on different replicas, and collectives
+  matched out of order fail (or hang) under MirroredStrategy.
+  """
+  n_local = tf.cast(tf.shape(per_row[0])[0], per_row[0].dtype)
+  sums = cross_replica_sum(tf.stack([tf.reduce_sum(r) for r in per_row] + [n_local]))
+  means = tuple(sums[i] / sums[-1] for i in range(len(per_row)))
+  return means if len(means) > 1 else means[0]
 
 
 # --- Output scale control --------------------------------------------------------------------------
@@ -94,11 +102,16 @@ def batch_second_moment(t1, t2, centered=False):
   C - m m^T. Rows are treated as constants (no gradient).
   """
   t = tf.stop_gradient(tf.concat([t1, t2], axis=0))
-  n = global_batch_size(t)
-  # Cross-replica: the k x k sums are all-reduced, so every replica holds the global moment.
-  second = cross_replica_sum(tf.matmul(t, t, transpose_a=True)) / n
+  k = tf.shape(t)[1]
+  # Cross-replica: [t^T t | sum_i t_i | n] all-reduced in one collective, so every replica
+  # holds the global moment.
+  local = tf.concat([tf.matmul(t, t, transpose_a=True), tf.reduce_sum(t, axis=0)[None],
+                     tf.fill([1, k], tf.cast(tf.shape(t)[0], t.dtype))], axis=0)
+  total = cross_replica_sum(local)
+  n = total[-1, 0]
+  second = total[:k] / n
   if centered:
-    mean = cross_replica_sum(tf.reduce_sum(t, axis=0)) / n
+    mean = total[k] / n
     second -= mean[:, None] * mean[None, :]
   return second
 
@@ -119,15 +132,16 @@ def spectral_contrastive_loss(z1, z2, mu=1.0):
   """
   z1 = radial_clip(z1, mu)
   z2 = radial_clip(z2, mu)
-  n = global_batch_size(z1)
-  z2_all = cross_replica_concat(z2)                                   # [N, k]
-  align = cross_replica_sum(tf.reduce_sum(z1 * z2))                    # sum_i z1_i . z2_i
+  z2_all = cross_replica_concat(z2)
+  n = tf.cast(tf.shape(z2_all)[0], z1.dtype)                                   # [N, k]
   dots = tf.matmul(z1, z2_all, transpose_b=True)                      # [n, N]
   diag = tf.one_hot(tf.range(tf.shape(z1)[0]) + replica_offset(tf.shape(z1)[0]),
                     tf.shape(z2_all)[0], dtype=dots.dtype)            # own positives, masked out
-  uniform = cross_replica_sum(tf.reduce_sum(tf.square(dots) * (1.0 - diag)))
+  # One all-reduce for both global sums: sum_i z1_i.z2_i and sum_{i != j} (z1_i.z2_j)^2.
+  sums = cross_replica_sum(tf.stack([tf.reduce_sum(z1 * z2),
+                                     tf.reduce_sum(tf.square(dots) * (1.0 - diag))]))
   mu = 1.0 if mu is None else mu
-  return (-2.0 * align / n + uniform / (n * (n - 1.0))) / mu
+  return (-2.0 * sums[0] / n + sums[1] / (n * (n - 1.0))) / mu
 
 
 def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False):
@@ -152,13 +166,13 @@ def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False):
     t = tf.stop_gradient(t)
     align = -2.0 * tf.reduce_sum(z * t, axis=-1)
     value = align + tf.reduce_sum(tf.matmul(z, summary) * z, axis=-1)
-    # z M'^T z as rows: (M' z_i)_a = sum_b M'_ab z_ib  ->  z @ M'^T.
-    surrogate = align + 2.0 * tf.reduce_sum(z * tf.stop_gradient(tf.matmul(z, m_grad, transpose_b=True)), axis=-1)
-    return global_mean(value), global_mean(surrogate)
+    # (M' z_i)_a = sum_b M'_ab z_ib, i.e. the rows of z @ M'^T.
+    pull = tf.stop_gradient(tf.matmul(z, m_grad, transpose_b=True))
+    return value, align + 2.0 * tf.reduce_sum(z * pull, axis=-1)
 
   v1, s1 = view_terms(z1, t2)
   v2, s2 = view_terms(z2, t1)
-  value, surrogate = v1 + v2, s1 + s2
+  value, surrogate = global_means(v1 + v2, s1 + s2)
   return surrogate + tf.stop_gradient(value - surrogate)
 
 
@@ -190,7 +204,7 @@ def simclr_loss(z1, z2, temperature=0.1):
 
   per_row = tf.concat([anchor_losses(u1, self_mask, self_mask_2),
                        anchor_losses(u2, self_mask_2, self_mask)], axis=0)
-  return global_mean(per_row)
+  return global_means(per_row)
 
 
 def byol_loss(p1, p2, t1, t2):
@@ -202,6 +216,6 @@ def byol_loss(p1, p2, t1, t2):
   def term(p, t):
     p = tf.math.l2_normalize(p, axis=-1)
     t = tf.math.l2_normalize(tf.stop_gradient(t), axis=-1)
-    return global_mean(2.0 - 2.0 * tf.reduce_sum(p * t, axis=-1))
+    return 2.0 - 2.0 * tf.reduce_sum(p * t, axis=-1)
 
-  return term(p1, t2) + term(p2, t1)
+  return global_means(term(p1, t2) + term(p2, t1))

@@ -182,8 +182,8 @@ class SSLModel(keras.Model):
     logits = tf.cast(self.probe(tf.stop_gradient(h)), tf.float32)
     valid = tf.cast(labels >= 0, tf.float32)
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
-    n_valid = losses.cross_replica_sum(tf.reduce_sum(valid))
-    return losses.cross_replica_sum(tf.reduce_sum(xent * valid)) / tf.maximum(n_valid, 1.0), logits
+    sums = losses.cross_replica_sum(tf.stack([tf.reduce_sum(xent * valid), tf.reduce_sum(valid)]))
+    return sums[0] / tf.maximum(sums[1], 1.0), logits
 
   def _update_target(self):
     if self.target_encoder is None:
