@@ -133,7 +133,7 @@ class ImageData:
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=seed is not None))
 
-  def eval_dataset(self, split, batch_size, drop_remainder=False):
+  def eval_dataset(self, split, batch_size, drop_remainder=False, limit=None):
     """(image, label) batches in file order: centre crop (0.875) for large images, normalised."""
     size = self.image_shape[0]
 
@@ -149,7 +149,10 @@ class ImageData:
       image.set_shape(self.image_shape)
       return image, label
 
-    ds = self._examples(split).map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = self._examples(split)
+    if limit:
+      ds = ds.take(limit)
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
   def arrays(self, split):

@@ -34,8 +34,10 @@ def parse_gin(files, bindings):
   import gin
   from minc_tf.errors import UserError
   from minc_tf import train  # noqa: F401  (registers every configurable)
+  # `include 'gin/...'` resolves from the repository root as well as from the working dir.
+  gin.add_config_file_search_path(os.path.dirname(_gin_dir()))
   for path in files:
-    if not os.path.exists(path):
+    if not os.path.exists(path) and not os.path.exists(os.path.join(os.path.dirname(_gin_dir()), path)):
       raise UserError(f'The gin file {path} does not exist. Fix: pass an existing file to '
                       f'--gin_file (the shipped ones are in gin/: '
                       f'{", ".join(sorted(os.listdir(_gin_dir()))) if os.path.isdir(_gin_dir()) else "see the README"}).')
@@ -88,5 +90,9 @@ def main(argv):
   print('\nResults:', ', '.join(f'{k}={v}' for k, v in results.items()))
 
 
-if __name__ == '__main__':
+def run_main():
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_main()

@@ -63,7 +63,8 @@ def _write_text(path, text):
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
         steps_per_execution=1, jit_compile=False, seed=None, verbose=1,
-        eval_batch_size=512, eval_train_examples=None, baselines=True, knn=True,
+        eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
+        knn=True,
         tensorboard_update_freq=100):
   """Runs one experiment in `model_dir` and returns the results dict.
 
@@ -71,7 +72,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   steps_per_epoch: default num_train // global_batch_size.
   steps_per_execution: train steps per host round trip (the TPU host loop).
   jit_compile: XLA-compile the train step (TPUs always do; off by default on CPU).
-  eval_train_examples: cap on the training examples the offline probe reads (None: all).
+  eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
+    all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
   """
   if mode not in MODES:
@@ -129,19 +131,17 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
 
   if mode in ('eval', 'train_and_eval'):
     results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
-                                     baselines, knn))
+                                     eval_test_examples, baselines, knn))
   with tf.io.gfile.GFile(os.path.join(model_dir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   return results
 
 
-def evaluate_encoders(encoder, data, batch_size, max_train, baselines, knn):
+def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):
   """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines."""
   start = time.time()
-  train_ds = data.eval_dataset(data.train_split, batch_size)
-  if max_train:
-    train_ds = train_ds.unbatch().take(max_train).batch(batch_size)
-  test_ds = data.eval_dataset(data.eval_split, batch_size)
+  train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
+  test_ds = data.eval_dataset(data.eval_split, batch_size, limit=max_test)
   out = {}
 
   def probe(name, enc):
