@@ -21,7 +21,7 @@ def extract_features(encoder, dataset):
 
 @gin.configurable
 def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch_size=1024,
-                 learning_rate=1e-3, l2=1e-4, seed=0):
+                 learning_rate=1e-2, l2=1e-4, seed=0):
   """Top-1 accuracy (%) of a softmax-regression probe trained on frozen features.
 
   Features are standardised with the training statistics; the probe is trained with Adam on

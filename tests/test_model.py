@@ -114,12 +114,12 @@ def test_minc_stays_finite_on_quickstart_network_for_200_steps():
   gin.parse_config_file('gin/quickstart.gin')
   keras.utils.set_random_seed(0)
   m = model_lib.build_model((28, 28, 1), num_classes=10, total_steps=200)
-  m.compile(optimizer=optim.build_optimizer(64, 200, 1))
+  m.compile(optimizer=optim.build_optimizer(32, 200, 1))
   rng = np.random.default_rng(0)
-  base = rng.random((64, 28, 28, 1)).astype(np.float32)
+  base = rng.random((32, 28, 28, 1)).astype(np.float32)
   data = [((base + 0.1 * rng.normal(size=base.shape).astype(np.float32),
             base + 0.1 * rng.normal(size=base.shape).astype(np.float32)),
-           rng.integers(0, 10, 64)) for _ in range(4)]
+           rng.integers(0, 10, 32)) for _ in range(4)]
   ds = dataset(data).repeat()
   history = m.fit(ds, steps_per_epoch=200, epochs=1, verbose=0)
   assert np.isfinite(history.history['loss'][-1])

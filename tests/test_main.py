@@ -1,0 +1,134 @@
+"""End to end: the launch (flags, gin, errors) and train.run on mock ImageNet (single device and
+MirroredStrategy), on a slice of real Fashion-MNIST, and the exported encoder's round trip."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from conftest import REPO
+from minc_tf import data as data_lib
+from minc_tf import main as main_lib
+from minc_tf import train
+from minc_tf.errors import UserError
+
+TINY_IMAGENET = [
+    "build_encoder.depth = 18", "build_encoder.stage_blocks = (1, 1)",
+    "build_encoder.base_width = 4", "build_model.projector_hidden = (16,)",
+    "build_model.projector_dim = 8", "build_model.predictor_hidden = (16,)",
+    "load_data.image_size = 32", "load_data.num_train = 64",
+    "run.global_batch_size = 8", "run.epochs = 2", "run.steps_per_epoch = 2",
+    "run.eval_batch_size = 16", "run.eval_train_examples = 32", "run.eval_test_examples = 16",
+    "run.verbose = 0", "build_optimizer.warmup_epochs = 1",
+]
+FMNIST = os.path.join(data_lib.FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')
+
+
+def cli(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, '-m', 'minc_tf.main', *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+@pytest.mark.parametrize('method', ['minc', 'spectral', 'simclr', 'byol'])
+def test_mock_imagenet_end_to_end(tmp_path, method):
+  main_lib.parse_gin([f'gin/{method}.gin'], TINY_IMAGENET)
+  with tfds.testing.mock_data(num_examples=64):
+    results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
+  assert results['steps'] == 4 and np.isfinite(results['final_loss'])
+  assert 0.0 <= results['probe_top1'] <= 100.0
+  assert os.path.exists(tmp_path / 'export' / 'saved_model.pb')
+  assert os.path.exists(tmp_path / 'export' / 'encoder.keras')
+  assert os.path.exists(tmp_path / train.CHECKPOINT)
+  assert json.loads((tmp_path / 'results.json').read_text())['method'] == method
+  assert 'build_model.method' in (tmp_path / 'operative_config.gin').read_text()
+  assert tf.io.gfile.glob(str(tmp_path / 'tensorboard' / 'train' / 'events.out.tfevents.*'))
+
+
+def test_mock_imagenet_under_mirrored_strategy(tmp_path, mirrored):
+  main_lib.parse_gin(['gin/minc.gin'], TINY_IMAGENET)
+  with tfds.testing.mock_data(num_examples=64):
+    results = train.run('train', str(tmp_path), mirrored)
+  assert results['replicas'] == 2 and np.isfinite(results['final_loss'])
+
+
+def test_batch_not_divisible_by_replicas_is_a_clear_error(tmp_path, mirrored):
+  main_lib.parse_gin(['gin/minc.gin'], TINY_IMAGENET + ['run.global_batch_size = 7'])
+  with pytest.raises(UserError, match='multiple of 2'):
+    train.run('train', str(tmp_path), mirrored)
+
+
+@pytest.mark.skipif(not os.path.exists(FMNIST), reason='needs apt-get install dataset-fashion-mnist')
+def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
+  main_lib.parse_gin(['gin/quickstart.gin'], [
+      'run.steps_per_epoch = 3', 'run.epochs = 1', 'run.eval_train_examples = 2000',
+      'run.eval_test_examples = 500', 'run.verbose = 0', 'build_encoder.base_width = 8'])
+  results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
+  for key in ('probe_top1', 'random_init_top1', 'raw_pixel_top1', 'knn_top1',
+              'pretrain_wall_time_s', 'images_per_s'):
+    assert key in results, key
+  assert results['raw_pixel_top1'] > 60  # real images: the raw-pixel probe is well above chance.
+
+  # Round trip: a fresh process with no minc_tf on its path serves the same features.
+  images = data_lib.load_data().arrays('test')[0][:16]
+  np.save(tmp_path / 'images.npy', images)
+  script = (
+      'import numpy as np, tensorflow as tf, sys\n'
+      'assert not any("minc_tf" in p for p in sys.modules)\n'
+      f'm = tf.saved_model.load({str(tmp_path / "export")!r})\n'
+      f'x = np.load({str(tmp_path / "images.npy")!r})\n'
+      f'np.save({str(tmp_path / "served.npy")!r}, m.serve(tf.constant(x)).numpy())\n'
+      'import keras\n'
+      f'k = keras.saving.load_model({str(tmp_path / "export" / "encoder.keras")!r})\n'
+      f'np.save({str(tmp_path / "keras.npy")!r}, k.predict(x, verbose=0))\n')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  subprocess.run([sys.executable, '-c', script], check=True, cwd=str(tmp_path), env=env,
+                 timeout=300)
+  served = np.load(tmp_path / 'served.npy')
+  assert served.dtype == np.float32 and served.shape == (16, results['feature_dim'])
+  # The in-memory encoder: the checkpoint loaded into a freshly built model.
+  gin.clear_config()
+  main_lib.parse_gin(['gin/quickstart.gin'], ['build_encoder.base_width = 8', 'run.verbose = 0'])
+  data = data_lib.load_data()
+  from minc_tf import model as model_lib
+  model = model_lib.build_model(data.image_shape, num_classes=10)
+  model.load_weights(str(tmp_path / train.CHECKPOINT))
+  x = (images.astype(np.float32) / 255.0 - data.mean[0]) / data.std[0]
+  expected = model.encoder(x, training=False).numpy()
+  np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.load(tmp_path / 'keras.npy'), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_imagenet_names_data_dir_and_fix(tmp_path):
+  empty = tmp_path / 'tfds'
+  empty.mkdir()
+  proc = cli('--gin_file=gin/minc.gin', f'--model_dir={tmp_path / "run"}',
+             f"--gin_bindings=load_data.data_dir='{empty}'")
+  assert proc.returncode == 2
+  assert str(empty) in proc.stderr and 'downloads/manual' in proc.stderr
+  assert 'tfds build imagenet2012' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_gin_typo_is_answered_with_a_suggestion(tmp_path):
+  proc = cli('--gin_file=gin/quickstart.gin', f'--model_dir={tmp_path}',
+             '--gin_bindings=run.global_batch_sise=64')
+  assert proc.returncode == 2
+  assert 'global_batch_sise' in proc.stderr and 'global_batch_size' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_missing_gin_file_is_a_clear_error(tmp_path):
+  proc = cli('--gin_file=gin/nope.gin', f'--model_dir={tmp_path}')
+  assert proc.returncode == 2 and 'gin/nope.gin does not exist' in proc.stderr
+  assert 'minc.gin' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
+  proc = cli('--gin_file=gin/quickstart.gin', f'--model_dir={tmp_path}', '--mode=eval')
+  assert proc.returncode == 2 and 'No checkpoint' in proc.stderr
