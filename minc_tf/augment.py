@@ -14,25 +14,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def sample_crop_window(height, width, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), attempts=10):
+def sample_crop_window(height, width, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
   """Random-resized-crop window (offset_y, offset_x, crop_h, crop_w), int32 scalars.
 
-  Area fraction ~ U(area), aspect ratio log-uniform in `aspect`; the first of `attempts` draws
-  that fits is used, else the centre crop of the whole image (as torchvision and BYOL do).
-  Returned as a window so JPEG sources can decode only the crop (decode_and_crop_jpeg).
+  Area fraction ~ U(area) exactly; aspect ratio (w/h) log-uniform in `aspect`, clamped into the
+  range for which a crop of that area fits the image. (torchvision instead redraws up to 10
+  times and falls back to a centre crop, which skews the areas towards small ones.) Returned as
+  a window so JPEG sources can decode only the crop (decode_and_crop_jpeg).
   """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  target_area = tf.random.uniform([attempts], area[0], area[1]) * h * w
-  log_ratio = tf.random.uniform([attempts], math.log(aspect[0]), math.log(aspect[1]))
-  ratio = tf.exp(log_ratio)
-  cw = tf.round(tf.sqrt(target_area * ratio))
-  ch = tf.round(tf.sqrt(target_area / ratio))
-  fits = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
-  first = tf.argmax(tf.cast(fits, tf.int32))
-  ok = tf.reduce_any(fits)
-  crop_h = tf.cast(tf.where(ok, ch[first], h), tf.int32)
-  crop_w = tf.cast(tf.where(ok, cw[first], w), tf.int32)
+  target = tf.random.uniform([], area[0], area[1]) * h * w
+  ratio = tf.exp(tf.random.uniform([], math.log(aspect[0]), math.log(aspect[1])))
+  ratio = tf.clip_by_value(ratio, target / tf.square(h), tf.square(w) / target)
+  crop_w = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(target * ratio)), 1.0, w), tf.int32)
+  crop_h = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(target / ratio)), 1.0, h), tf.int32)
   off_y = tf.random.uniform([], 0, tf.cast(height, tf.int32) - crop_h + 1, dtype=tf.int32)
   off_x = tf.random.uniform([], 0, tf.cast(width, tf.int32) - crop_w + 1, dtype=tf.int32)
   return off_y, off_x, crop_h, crop_w

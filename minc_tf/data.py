@@ -13,6 +13,7 @@ each host reads only its shard and batches its replicas' share of the global bat
 import gzip
 import os
 
+from absl import logging
 import gin
 import numpy as np
 import tensorflow as tf
@@ -67,57 +68,81 @@ def _fashion_mnist_arrays(idx_dir, data_dir):
 class ImageData:
   """A labelled image dataset and the pipelines built from it.
 
-  Attributes: name, image_shape (S, S, C), num_classes, num_train, mean, std.
+  Attributes: name, image_shape (S, S, C), num_classes, num_train, mean, std, train_split,
+  eval_split. Exactly one source: `arrays` ({split: (uint8 images, labels)}), `builder` (a TFDS
+  builder, read with JPEG bytes undecoded) or `files` ({split: (paths, labels)}).
   """
 
   def __init__(self, name, image_size, channels, num_classes, num_train, mean, std, arrays=None,
-               builder=None, train_split='train', eval_split='validation', shuffle_buffer=None):
+               builder=None, files=None, train_split='train', eval_split='validation'):
     self.name = name
     self.image_shape = (image_size, image_size, channels)
     self.num_classes = num_classes
     self.num_train = num_train
     self.mean, self.std = mean, std
-    self._arrays = arrays
-    self._builder = builder
+    self._arrays, self._builder, self._files = arrays, builder, files
     self.train_split, self.eval_split = train_split, eval_split
-    self._shuffle_buffer = shuffle_buffer
 
-  # --- raw examples: (image uint8 or JPEG bytes, label) -------------------------------------
+  # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
 
   def _examples(self, split, input_context=None, shuffle=False, seed=None):
-    if self._arrays is not None:
-      images, labels = self._arrays[split]
-      ds = tf.data.Dataset.from_tensor_slices((images, labels))
-      if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-      return ds.shuffle(len(images), seed=seed) if shuffle else ds
-    import tensorflow_datasets as tfds
-    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
-                                  try_autocache=False)
-    ds = self._builder.as_dataset(split=split, shuffle_files=shuffle, read_config=read_config,
-                                  decoders={'image': tfds.decode.SkipDecoding()},
-                                  as_supervised=True)
+    if self._builder is not None:
+      import tensorflow_datasets as tfds
+      # Per-host file sharding: each input pipeline reads only its own files.
+      read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
+                                    try_autocache=False)
+      return self._builder.as_dataset(split=split, shuffle_files=shuffle,
+                                      read_config=read_config, as_supervised=True,
+                                      decoders={'image': tfds.decode.SkipDecoding()})
+    images, labels = (self._arrays or self._files)[split]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+      ds = ds.shuffle(len(labels), seed=seed)
+    if self._files is not None:
+      ds = ds.map(lambda path, label: (tf.io.read_file(path), label),
+                  num_parallel_calls=tf.data.AUTOTUNE)
     return ds
 
-  def _is_encoded(self):
+  @property
+  def encoded(self):
     return self._arrays is None
+
+  def _decode_crop(self, encoded, window_fn):
+    """Decodes only the crop window of a JPEG (decode_and_crop_jpeg); other formats whole."""
+    channels = self.image_shape[-1]
+
+    def jpeg():
+      shape = tf.image.extract_jpeg_shape(encoded)
+      return tf.image.decode_and_crop_jpeg(encoded, tf.stack(window_fn(shape[0], shape[1])),
+                                           channels=channels)
+
+    def other():
+      image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+      shape = tf.shape(image)
+      return tf.image.crop_to_bounding_box(image, *window_fn(shape[0], shape[1]))
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
   # --- pipelines ---------------------------------------------------------------------------
 
-  def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None):
-    """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised."""
+  def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
+                       shuffle_buffer=None):
+    """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
+
+    shuffle_buffer: examples shuffled after file-level shuffling (default 10 x batch_size) for
+    file-backed sources; in-memory sources are shuffled whole.
+    seed: reproducible order and augmentations (resets TensorFlow's global seed, and maps
+      sequentially, since parallel calls would share the random state in arbitrary order).
+    """
+    if seed is not None:
+      tf.random.set_seed(seed)
     crop, view1, view2 = views or augment.view_transforms(self.image_shape[0])
-    channels = self.image_shape[-1]
 
     def two_views(image, label):
-      if self._is_encoded():
-        shape = tf.image.extract_jpeg_shape(image)
-        crops = []
-        for _ in range(2):
-          oy, ox, ch, cw = crop.window(shape[0], shape[1])
-          decoded = tf.image.decode_and_crop_jpeg(image, tf.stack([oy, ox, ch, cw]),
-                                                  channels=channels)
-          crops.append(crop(decoded, cropped=True))
+      if self.encoded:
+        crops = [crop(self._decode_crop(image, crop.window), cropped=True) for _ in range(2)]
       else:
         crops = [crop(image), crop(image)]
       v1 = augment.normalize(view1(crops[0]), self.mean, self.std)
@@ -127,18 +152,19 @@ class ImageData:
       return (v1, v2), label
 
     ds = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
-    if self._arrays is None:  # file shuffling alone leaves neighbours together.
-      ds = ds.shuffle(self._shuffle_buffer or 10 * batch_size, seed=seed)
-    ds = ds.repeat().map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+    if self._builder is not None:  # file shuffling alone leaves neighbours together.
+      ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed)
+    ds = ds.repeat().map(two_views,
+                         num_parallel_calls=None if seed is not None else tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=seed is not None))
 
   def eval_dataset(self, split, batch_size, drop_remainder=False, limit=None):
-    """(image, label) batches in file order: centre crop (0.875) for large images, normalised."""
+    """(image, label) batches in order: centre crop (0.875) of decoded images, normalised."""
     size = self.image_shape[0]
 
     def prep(image, label):
-      if self._is_encoded():
+      if self.encoded:
         image = tf.io.decode_image(image, channels=self.image_shape[-1], expand_animations=False)
         image = augment.center_crop(image, size)
       else:
@@ -180,15 +206,86 @@ def _imagenet_help(name, data_dir):
           f'`tfds build {name} --data_dir={where}` on a machine with the source files.')
 
 
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+
+
+def _scan_folder(root, on_corrupt):
+  """{class name: [valid image paths]} for root/<class>/<image>, checking every file decodes."""
+  classes = sorted(d for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
+  found, bad = {}, []
+  for cls in classes:
+    cls = cls.rstrip('/')
+    for fname in sorted(tf.io.gfile.listdir(os.path.join(root, cls))):
+      path = os.path.join(root, cls, fname)
+      if tf.io.gfile.isdir(path):
+        continue
+      try:
+        if not fname.lower().endswith(IMAGE_EXTENSIONS):
+          raise ValueError('not an image file extension')
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+      except (ValueError, tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
+        if on_corrupt == 'fail':
+          raise UserError(f'{path} is not a readable image ({e.__class__.__name__}). Fix: '
+                          'remove or replace the file, or bind '
+                          "load_data.on_corrupt='skip' to skip such files.") from None
+        bad.append(path)
+        continue
+      found.setdefault(cls, []).append(path)
+  if bad:
+    logging.warning('Skipped %d unreadable or non-image files under %s, e.g. %s', len(bad), root,
+                    bad[0])
+  return found, bad
+
+
+def _folder_source(image_dir, on_corrupt, eval_every):
+  """{split: (paths, labels)}, class names. Uses image_dir/train and image_dir/validation (or
+  val / test) when present; else every `eval_every`-th image of each class is held out."""
+  if not image_dir or not tf.io.gfile.isdir(image_dir):
+    raise UserError(f'The image folder {image_dir!r} does not exist. Fix: bind '
+                    "load_data.image_dir='<dir>' to a folder with one sub-folder of images per "
+                    'class.')
+  subdirs = set(d.rstrip('/') for d in tf.io.gfile.listdir(image_dir))
+  eval_name = next((d for d in ('validation', 'val', 'test') if d in subdirs), None)
+  if 'train' in subdirs and eval_name:
+    per_split = {'train': _scan_folder(os.path.join(image_dir, 'train'), on_corrupt)[0],
+                 'validation': _scan_folder(os.path.join(image_dir, eval_name), on_corrupt)[0]}
+  else:
+    found = _scan_folder(image_dir, on_corrupt)[0]
+    per_split = {'train': {c: [p for i, p in enumerate(ps) if i % eval_every] for c, ps in found.items()},
+                 'validation': {c: ps[::eval_every] for c, ps in found.items()}}
+  classes = sorted(set(per_split['train']) | set(per_split['validation']))
+  if not per_split['train']:
+    raise UserError(f'No images found in {image_dir}: expected {image_dir}/<class>/<image> '
+                    f'with extensions {", ".join(IMAGE_EXTENSIONS)}. Fix: point '
+                    'load_data.image_dir at such a folder.')
+  files = {}
+  for split, per_class in per_split.items():
+    pairs = [(p, classes.index(c)) for c in sorted(per_class) for p in per_class[c]]
+    files[split] = (np.array([p for p, _ in pairs], dtype=object).astype(str),
+                    np.array([l for _, l in pairs], np.int64))
+  return files, classes
+
+
 @gin.configurable
 def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHION_MNIST_DIR,
+              image_dir=None, channels=3, on_corrupt='skip', eval_every=10,
               train_split='train', eval_split='validation', num_train=None, mean=None, std=None):
-  """Returns the ImageData for `name` ('fashion_mnist' or any TFDS image dataset).
+  """Returns the ImageData for `name`: 'fashion_mnist', 'image_folder' or a TFDS dataset name.
 
   data_dir: TFDS data dir (local path or gs://); idx_dir: where the Fashion-MNIST IDX files are.
+  image_dir ('image_folder'): <image_dir>/<class>/<image>, or with train/ and validation/ (val/,
+    test/) sub-folders; otherwise every eval_every-th image per class is held out for eval.
+    on_corrupt: 'skip' (count, warn) or 'fail' (error naming the file). channels: 3 or 1.
   num_train: examples per pretraining epoch, when TFDS metadata lacks it.
-  mean / std: normalisation (ImageNet's for RGB TFDS datasets unless given).
+  mean / std: normalisation (ImageNet's for RGB datasets unless given).
   """
+  if name == 'image_folder':
+    files, classes = _folder_source(image_dir, on_corrupt, eval_every)
+    default_mean, default_std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3
+                                 else ((0.5,), (0.5,)))
+    return ImageData(name, image_size, channels, len(classes), len(files['train'][1]),
+                     mean or default_mean, std or default_std, files=files,
+                     train_split='train', eval_split='validation')
   if name == 'fashion_mnist':
     arrays = _fashion_mnist_arrays(idx_dir, data_dir)
     return ImageData(name, image_size, 1, 10, len(arrays['train'][0]),

@@ -84,7 +84,8 @@ def main(argv):
   except UserError as e:
     if FLAGS.verbose:
       raise
-    print(f'\nminc_tf error: {e}', file=sys.stderr)
+    message = str(e).split('\n  In call to configurable')[0]  # gin's note adds nothing here
+    print(f'\nminc_tf error: {message}', file=sys.stderr)
     sys.exit(2)
   logging.info('results: %s', results)
   print('\nResults:', ', '.join(f'{k}={v}' for k, v in results.items()))

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from minc_tf import losses
 from minc_tf import networks
+from minc_tf import optim
 
 METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
 
@@ -31,6 +32,12 @@ def target_tau(step, total_steps, tau_base):
   """BYOL's EMA schedule: tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
   frac = tf.minimum(tf.cast(step, tf.float32) / float(max(total_steps, 1)), 1.0)
   return 1.0 - (1.0 - tau_base) * (tf.cos(math.pi * frac) + 1.0) / 2.0
+
+
+def _multi_worker(strategy):
+  extended = getattr(strategy, 'extended', None)
+  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
+          bool(getattr(extended, '_in_multi_worker_mode', lambda: False)()))
 
 
 class SSLModel(keras.Model):
@@ -97,6 +104,14 @@ class SSLModel(keras.Model):
     if self.probe is not None:
       self.probe.build((None, self.encoder.output_shape[-1]))
     self.built = True
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    # Keras' TF trainer pulls (and drops) one batch to build the model symbolically, and under
+    # MultiWorkerMirroredStrategy its eager reduce of that nested batch fails. Once the model
+    # and optimizer are built (run() builds both), there is nothing to build.
+    if self.built and self.optimizer is not None and self.optimizer.built:
+      return
+    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
   # --- the method's loss -----------------------------------------------------------------------
 
@@ -176,7 +191,12 @@ class SSLModel(keras.Model):
       self.probe_loss_tracker.update_state(probe_loss)
       self.probe_acc.update_state(tf.maximum(labels, 0), logits,
                                   sample_weight=tf.cast(labels >= 0, tf.float32))
-    return {m.name: m.result() for m in self.metrics}
+    logs = {m.name: m.result() for m in self.metrics}
+    if _multi_worker(tf.distribute.get_strategy()):
+      # Keras reduces multi-worker step outputs with reduce(MEAN, v, axis=0), which fails on
+      # scalars; a leading axis of 1 makes that reduction return the scalar.
+      logs = {k: v[None] for k, v in logs.items()}
+    return logs
 
   def _probe_loss(self, h, labels):
     logits = tf.cast(self.probe(tf.stop_gradient(h)), tf.float32)
@@ -209,7 +229,7 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
                 projector_dim=256, predictor='none', predictor_hidden=(4096,), use_target=None,
                 mu=1.0, temperature=0.1, summary_decay=0.99, summary_source='target',
                 summary_centered=False, lower_triangular=False, tau_base=0.99, total_steps=1,
-                sync_bn=False):
+                sync_bn=False, byol_preset=None):
   """Builds the SSL model for `method` (call inside strategy.scope()).
 
   predictor: 'none', 'mlp' (hidden predictor_hidden -> projector_dim) or 'linear'.
@@ -221,8 +241,11 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   summary_source: 'target' or 'online' outputs feed the summary; summary_centered subtracts
     the mean's outer product.
   lower_triangular: MINC's GHA / Sanger form (ordered features).
-  tau_base: target EMA base rate of BYOL's cosine schedule over total_steps.
+  tau_base: target EMA base rate of BYOL's cosine schedule over total_steps; byol_preset (100,
+    300 or 1000 epochs) takes it from BYOL's table instead.
   """
+  if byol_preset is not None:
+    tau_base = optim.preset(byol_preset)[2]
   if method not in METHODS:
     raise ValueError(f'unknown method {method!r}; choose one of {", ".join(METHODS)}')
   if predictor == 'none':

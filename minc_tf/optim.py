@@ -68,11 +68,17 @@ def warmup_cosine(peak_lr, total_steps, warmup_steps):
 
 @gin.configurable
 def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', base_lr=0.3,
-                    weight_decay=1e-6, momentum=0.9, warmup_epochs=10, trust_coefficient=1e-3):
+                    weight_decay=1e-6, momentum=0.9, warmup_epochs=10, trust_coefficient=1e-3,
+                    byol_preset=None):
   """Optimizer with lr = base_lr * global_batch / 256, linear warmup and cosine decay to 0.
+
+  byol_preset: 100, 300 or 1000 takes base_lr and weight_decay from BYOL's table for that
+  epoch budget (overriding the two arguments).
 
   name: 'lars', 'sgd' (momentum) or 'adamw'; Keras' SGD and AdamW decay weights decoupled.
   """
+  if byol_preset is not None:
+    base_lr, weight_decay, _ = preset(byol_preset)
   total = steps_per_epoch * epochs
   schedule = warmup_cosine(base_lr * global_batch_size / 256, total,
                            int(round(warmup_epochs * steps_per_epoch)))
@@ -86,8 +92,7 @@ def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', bas
   raise ValueError(f"unknown optimizer {name!r}; choose 'lars', 'sgd' or 'adamw'")
 
 
-@gin.configurable
-def byol_preset(epochs):
+def preset(epochs):
   """(base_lr, weight_decay, tau_base) of BYOL for a 100, 300 or 1000 epoch budget."""
   if epochs not in BYOL_PRESETS:
     raise ValueError(f'BYOL presets exist for {sorted(BYOL_PRESETS)} epochs, not {epochs}')

@@ -9,15 +9,18 @@ import json
 import os
 import time
 
+from absl import logging
 import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import checkpoint
 from minc_tf import data as data_lib
 from minc_tf import evaluate
 from minc_tf import export as export_lib
 from minc_tf import model as model_lib
+from minc_tf import monitor
 from minc_tf import networks
 from minc_tf import optim
 from minc_tf.errors import UserError
@@ -38,21 +41,13 @@ def _check_writable(model_dir):
                     'pass --model_dir=<a directory you can write>.') from None
 
 
-def _save_checkpoint(model, model_dir):
-  """Writes the weights to a temporary file, then renames: a crash never leaves a torn file."""
+def _save_weights(model, model_dir):
+  """Final weights as a Keras file (for users), written to a temporary file and renamed."""
   path = os.path.join(model_dir, CHECKPOINT)
   tmp = path + '.tmp.weights.h5'
   model.save_weights(tmp)
   os.replace(tmp, path)
   return path
-
-
-def _load_checkpoint(model, model_dir):
-  path = os.path.join(model_dir, CHECKPOINT)
-  if not os.path.exists(path):
-    raise UserError(f'No checkpoint in {model_dir} ({CHECKPOINT} is missing). Fix: train first '
-                    '(--mode=train) or point --model_dir at a trained run.')
-  model.load_weights(path)
 
 
 def _write_text(path, text):
@@ -62,19 +57,22 @@ def _write_text(path, text):
 
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
-        steps_per_execution=1, jit_compile=False, seed=None, verbose=1,
+        steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
-        knn=True,
-        tensorboard_update_freq=100):
+        knn=True, tensorboard_update_freq=100, checkpoint_every_steps=1000, keep_checkpoints=3):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
   steps_per_epoch: default num_train // global_batch_size.
   steps_per_execution: train steps per host round trip (the TPU host loop).
   jit_compile: XLA-compile the train step (TPUs always do; off by default on CPU).
+  mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
+    statistic and the EMA updates stay in float32.
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
+  checkpoint_every_steps / keep_checkpoints: training-state checkpoints in <model_dir>/checkpoints
+    (also at each epoch end and on SIGTERM); a rerun resumes from the newest loadable one.
   """
   if mode not in MODES:
     raise UserError(f'Unknown --mode {mode!r}; choose one of {", ".join(MODES)}.')
@@ -93,6 +91,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                     f'batch of {global_batch_size}; lower run.global_batch_size.')
   total_steps = steps_per_epoch * epochs
 
+  keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
   with strategy.scope():
     model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
                                   total_steps=total_steps, sync_bn=replicas > 1)
@@ -102,29 +101,54 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
 
   results = {'method': model.method, 'dataset': data.name, 'epochs': epochs,
              'batch_size': global_batch_size, 'steps': total_steps, 'replicas': replicas}
+  checkpointer = checkpoint.Checkpointer(model, os.path.join(model_dir, 'checkpoints'),
+                                         keep=keep_checkpoints)
   if mode in ('train', 'train_and_eval'):
     _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
+    with strategy.scope():  # optimizer slots are created on restore
+      start_step = checkpointer.restore_latest()
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
                                           ctx, seed=seed))
-    callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, 'backup')),
+    guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
+    (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
+    callbacks = [  # the guard first: no checkpoint is written after a NaN step.
+        guard,
         keras.callbacks.TensorBoard(os.path.join(model_dir, 'tensorboard'),
                                     update_freq=tensorboard_update_freq),
+        monitor.Monitor(os.path.join(model_dir, 'tensorboard'), global_batch_size,
+                        every_steps=tensorboard_update_freq, view_pairs=(v1, v2),
+                        config_text=gin.config_str()),
     ]
     start = time.time()
-    history = model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose)
+    history = _fit_from(model, dataset, start_step, steps_per_epoch, epochs, callbacks, verbose,
+                        guard)
     wall = time.time() - start
-    results.update(pretrain_wall_time_s=round(wall, 1),
-                   images_per_s=round(total_steps * global_batch_size / wall, 1),
-                   final_loss=float(history.history['loss'][-1]))
-    _save_checkpoint(model, model_dir)
+    if guard.diverged_at is not None:
+      raise UserError(
+          f'The loss became NaN or infinite at step {guard.diverged_at}; training stopped and '
+          f'the last good checkpoint in {checkpointer.directory} was kept. Fix: lower the '
+          'learning rate (build_optimizer.base_lr), keep the output clip on (build_model.mu), '
+          'or use float32 (run.mixed_precision=None), then rerun to resume.')
+    steps_run = checkpointer.step - start_step
+    results.update(resumed_from_step=start_step, final_step=checkpointer.step,
+                   pretrain_wall_time_s=round(wall, 1),
+                   images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
+    if history is not None and history.history.get('loss'):
+      results['final_loss'] = float(history.history['loss'][-1])
+    if guard.preempted:
+      results['preempted'] = True
+      logging.warning('SIGTERM: checkpoint saved at step %d; rerun the same command to resume.',
+                      checkpointer.step)
+      _write_results(model_dir, results)
+      return results
+    _save_weights(model, model_dir)
     export_lib.export_encoder(model.encoder, data.mean, data.std,
                               os.path.join(model_dir, 'export'))
     _write_text(os.path.join(model_dir, 'operative_config.gin'), gin.operative_config_str())
   else:
-    _load_checkpoint(model, model_dir)
+    with strategy.scope():
+      checkpointer.restore_latest(required=True)
     if mode == 'export':
       export_lib.export_encoder(model.encoder, data.mean, data.std,
                                 os.path.join(model_dir, 'export'))
@@ -132,9 +156,31 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if mode in ('eval', 'train_and_eval'):
     results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
                                      eval_test_examples, baselines, knn))
+  _write_results(model_dir, results)
+  return results
+
+
+def _fit_from(model, dataset, start_step, steps_per_epoch, epochs, callbacks, verbose, guard):
+  """Runs fit from optimizer step `start_step` to steps_per_epoch * epochs, finishing a partly
+  done epoch first, so a resumed run ends at exactly the planned step."""
+  epoch, done = divmod(start_step, steps_per_epoch)
+  history = None
+  if done:
+    history = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1,
+                        steps_per_epoch=steps_per_epoch - done, callbacks=callbacks,
+                        verbose=verbose)
+    epoch += 1
+    if guard.preempted or guard.diverged_at is not None:
+      return history
+  if epoch < epochs:
+    history = model.fit(dataset, initial_epoch=epoch, epochs=epochs,
+                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+  return history
+
+
+def _write_results(model_dir, results):
   with tf.io.gfile.GFile(os.path.join(model_dir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2)
-  return results
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):
@@ -154,7 +200,9 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
 
   feats = probe('probe', encoder)
   out['feature_dim'] = int(feats.shape[1])
-  out['feature_effective_rank'] = float(effective_rank(feats))
+  centred = feats[:20000] - feats[:20000].mean(0, keepdims=True)
+  out['feature_effective_rank'] = monitor.effective_rank(
+      np.linalg.svd(centred, compute_uv=False))
   if baselines:
     probe('random_init', networks.build_encoder(data.image_shape, name='random_encoder'))
     pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
@@ -162,11 +210,3 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
   out['eval_wall_time_s'] = round(time.time() - start, 1)
   return out
 
-
-def effective_rank(features):
-  """exp(entropy) of the normalised singular values of the centred features (Roy & Vetterli)."""
-  x = features - features.mean(0, keepdims=True)
-  s = np.linalg.svd(x[:20000], compute_uv=False)
-  p = s / max(s.sum(), 1e-12)
-  p = p[p > 0]
-  return float(np.exp(-np.sum(p * np.log(p))))

@@ -124,3 +124,21 @@ def test_minc_stays_finite_on_quickstart_network_for_200_steps():
   history = m.fit(ds, steps_per_epoch=200, epochs=1, verbose=0)
   assert np.isfinite(history.history['loss'][-1])
   assert all(np.isfinite(w.numpy()).all() for w in m.weights)
+
+
+def test_mixed_bfloat16_step_is_close_to_float32():
+  data = batches(n=16, count=1)
+  losses_by_policy = {}
+  for policy in ('float32', 'mixed_bfloat16'):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+      m = tiny_model('minc')
+      compile_model(m, lr=0.0)
+      losses_by_policy[policy] = m.fit(dataset(data), epochs=1, verbose=0).history['ssl_loss'][0]
+      assert m.summary.dtype == 'float32'
+      assert all(w.dtype == 'float32' for w in m.target_encoder.weights)
+    finally:
+      keras.mixed_precision.set_global_policy('float32')
+  assert np.isfinite(losses_by_policy['mixed_bfloat16'])
+  np.testing.assert_allclose(losses_by_policy['mixed_bfloat16'], losses_by_policy['float32'],
+                             rtol=0.05, atol=0.02)

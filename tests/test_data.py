@@ -1,0 +1,120 @@
+"""data.py: IDX parsing, TFDS (mock ImageNet) pipelines, per-host sharding, image folders with
+a corrupt file, and determinism under a seed."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from minc_tf import data as data_lib
+from minc_tf.errors import UserError
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 64), ('t10k', 16)):
+    write_idx(tmp_path / f'{split}-images-idx3-ubyte.gz', rng.integers(0, 256, (n, 28, 28)))
+    write_idx(tmp_path / f'{split}-labels-idx1-ubyte.gz', rng.integers(0, 10, (n,)))
+  return tmp_path
+
+
+def test_idx_files_load_and_pipeline_shapes(fake_fmnist):
+  d = data_lib.load_data('fashion_mnist', image_size=28, idx_dir=str(fake_fmnist))
+  assert d.image_shape == (28, 28, 1) and d.num_train == 64 and d.num_classes == 10
+  (v1, v2), y = next(iter(d.pretrain_dataset(8)))
+  assert v1.shape == v2.shape == (8, 28, 28, 1) and v1.dtype == tf.float32 and y.shape == (8,)
+  x, y = next(iter(d.eval_dataset('test', 16)))
+  expected = (d.arrays('test')[0][:16] / 255.0 - d.mean[0]) / d.std[0]
+  np.testing.assert_allclose(x.numpy(), expected, atol=1e-5)
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+  path = tmp_path / 'bad.gz'
+  with gzip.open(path, 'wb') as f:
+    f.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, 'big') + b'abc')
+  with pytest.raises(UserError, match='truncated'):
+    data_lib.read_idx(str(path))
+
+
+def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, monkeypatch):
+  def no_network(*a, **k):
+    raise ConnectionError('no network')
+  monkeypatch.setattr(tfds, 'load', no_network)
+  with pytest.raises(UserError, match='apt-get install dataset-fashion-mnist'):
+    data_lib.load_data('fashion_mnist', idx_dir=str(tmp_path))
+
+
+def test_mock_imagenet_fused_decode_and_shards_per_input_pipeline():
+  with tfds.testing.mock_data(num_examples=32):
+    d = data_lib.load_data('imagenet2012', image_size=32, num_train=32)
+    assert d.image_shape == (32, 32, 3) and d.num_classes == 1000
+    (v1, _), _ = next(iter(d.pretrain_dataset(4)))
+    assert v1.shape == (4, 32, 32, 3)
+    x, _ = next(iter(d.eval_dataset('validation', 4)))
+    assert x.shape == (4, 32, 32, 3)
+
+
+def test_missing_imagenet_names_manual_dir(tmp_path):
+  with pytest.raises(UserError) as err:
+    data_lib.load_data('imagenet2012', data_dir=str(tmp_path))
+  assert os.path.join(str(tmp_path), 'downloads', 'manual') in str(err.value)
+
+
+def test_array_source_shards_by_input_pipeline(fake_fmnist):
+  d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=2)
+  labels = [int(y) for _, y in d._examples('train', ctx)]
+  np.testing.assert_array_equal(labels, d.arrays('train')[1][1::2])
+
+
+def test_seed_makes_the_pipeline_reproducible(fake_fmnist):
+  d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
+  first = [next(iter(d.pretrain_dataset(8, seed=3)))[0][0].numpy() for _ in range(2)]
+  np.testing.assert_array_equal(first[0], first[1])
+  other = next(iter(d.pretrain_dataset(8, seed=4)))[0][0].numpy()
+  assert not np.array_equal(first[0], other)
+
+
+def _image_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  for cls in ('cat', 'dog'):
+    (tmp_path / cls).mkdir()
+    for i in range(10):
+      img = rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)
+      enc = tf.io.encode_jpeg(img) if i % 2 else tf.io.encode_png(img)
+      (tmp_path / cls / f'{i}.{"jpg" if i % 2 else "png"}').write_bytes(enc.numpy())
+  (tmp_path / 'dog' / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  return tmp_path
+
+
+def test_image_folder_skips_corrupt_file_and_trains(tmp_path):
+  root = _image_folder(tmp_path)
+  d = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert d.num_classes == 2 and d.num_train == 16  # 20 good images, every 5th held out
+  (v1, v2), y = next(iter(d.pretrain_dataset(8)))
+  assert v1.shape == (8, 16, 16, 3)
+  x, y = next(iter(d.eval_dataset('validation', 8)))
+  assert x.shape == (4, 16, 16, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1]
+
+
+def test_image_folder_fail_mode_names_the_file(tmp_path):
+  root = _image_folder(tmp_path)
+  with pytest.raises(UserError, match='broken.jpg'):
+    data_lib.load_data('image_folder', image_dir=str(root), on_corrupt='fail')
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+  (tmp_path / 'cls').mkdir()
+  with pytest.raises(UserError, match='No images found'):
+    data_lib.load_data('image_folder', image_dir=str(tmp_path))

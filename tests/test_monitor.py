@@ -1,0 +1,40 @@
+"""monitor.py: effective rank, and the TensorBoard tags read back from the event files."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from minc_tf import monitor
+from test_model import batches, compile_model, dataset, tiny_model
+
+
+def test_effective_rank():
+  np.testing.assert_allclose(monitor.effective_rank(np.ones(16)), 16.0, rtol=1e-9)
+  np.testing.assert_allclose(monitor.effective_rank([5.0, 0.0, 0.0]), 1.0, rtol=1e-9)
+
+
+def read_tags(directory):
+  tags = set()
+  for path in glob.glob(os.path.join(directory, '**', 'events.out.tfevents.*'), recursive=True):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+def test_expected_tags_are_written(tmp_path):
+  m = tiny_model('minc')
+  compile_model(m, lr=0.01)
+  (v1, v2), _ = batches(n=4, count=1)[0]
+  cb = monitor.Monitor(str(tmp_path), global_batch_size=16, every_steps=1,
+                       view_pairs=(v1, v2), config_text='run.epochs = 1')
+  tb = keras.callbacks.TensorBoard(str(tmp_path), update_freq=1)
+  m.fit(dataset(batches(count=3)), epochs=1, verbose=0, callbacks=[cb, tb])
+  tags = read_tags(str(tmp_path))
+  for tag in ('learning_rate', 'target_tau', 'images_per_s', 'summary/effective_rank',
+              'summary/eigenvalue_0', 'view_pairs', 'gin_config', 'epoch_loss',
+              'epoch_ssl_loss', 'epoch_probe_acc', 'epoch_feature_std'):
+    assert tag in tags, (tag, sorted(tags))
+  assert any(t.startswith('encoder/') or '/kernel' in t for t in tags)  # histograms
