@@ -35,21 +35,29 @@ class Checkpointer:
     logging.info('Saved checkpoint %s', path)
     return path
 
+  @property
+  def paths(self):
+    return list(self._manager.checkpoints)
+
+  def restore(self, path):
+    """Restores one checkpoint (every saved object must match); returns its step."""
+    # Optimizer slots must exist before their values can be restored into them.
+    self._model.optimizer.build(self._model.trainable_variables)
+    self._ckpt.restore(path).assert_existing_objects_matched()
+    logging.info('Restored %s (step %d)', path, self.step)
+    return self.step
+
   def restore_latest(self, required=False):
     """Restores the newest loadable checkpoint; returns its step (0 when there is none).
 
     A checkpoint that fails to load (torn or corrupted files) is skipped with a warning and the
     previous one is tried.
     """
-    # Optimizer slots must exist before their values can be restored into them.
-    self._model.optimizer.build(self._model.trainable_variables)
-    candidates = list(reversed(self._manager.checkpoints))
-    for path in candidates:
+    for path in reversed(self._manager.checkpoints):
       try:
-        self._ckpt.restore(path).assert_existing_objects_matched()
-        logging.info('Restored %s (step %d)', path, self.step)
-        return self.step
-      except (tf.errors.OpError, ValueError, AssertionError) as e:
+        return self.restore(path)
+      except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
+        # A torn or corrupted file surfaces as any of these, depending on where it broke.
         logging.warning('Checkpoint %s could not be loaded (%s: %s); trying the previous one.',
                         path, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
     if required:

@@ -24,8 +24,9 @@ flags.DEFINE_string('model_dir', '/tmp/minc_tf', 'Checkpoints, TensorBoard logs,
 flags.DEFINE_enum('strategy', 'default', ['default', 'mirrored', 'multi_worker', 'tpu'],
                   'tf.distribute strategy.')
 flags.DEFINE_string('tpu', None, "TPU name, or 'local' on a Cloud TPU VM (with --strategy=tpu).")
-flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'export', 'train_and_eval'],
-                  'What to do with the model dir.')
+flags.DEFINE_enum('mode', 'train_and_eval',
+                  ['train', 'eval', 'export', 'train_and_eval', 'study'],
+                  'What to do with the model dir (study: run_study, e.g. gin/study_ablation.gin).')
 flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
 
 
@@ -33,7 +34,8 @@ def parse_gin(files, bindings):
   """Parses gin files and bindings; typos become a UserError with the nearest valid names."""
   import gin
   from minc_tf.errors import UserError
-  from minc_tf import train  # noqa: F401  (registers every configurable)
+  from minc_tf import study  # noqa: F401  (registers every configurable)
+  from minc_tf import train  # noqa: F401
   # `include 'gin/...'` resolves from the repository root as well as from the working dir.
   gin.add_config_file_search_path(os.path.dirname(_gin_dir()))
   for path in files:
@@ -80,7 +82,12 @@ def main(argv):
     from minc_tf import strategy as strategy_lib
     from minc_tf import train
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)
-    results = train.run(FLAGS.mode, FLAGS.model_dir, strategy)
+    if FLAGS.mode == 'study':
+      from minc_tf import study
+      rows = study.run_study(FLAGS.model_dir, strategy)
+      results = {r['variant']: r.get('probe_top1') for r in rows}
+    else:
+      results = train.run(FLAGS.mode, FLAGS.model_dir, strategy)
   except UserError as e:
     if FLAGS.verbose:
       raise

@@ -24,6 +24,7 @@ import tensorflow as tf
 from minc_tf import losses
 from minc_tf import networks
 from minc_tf import optim
+from minc_tf.errors import UserError
 
 METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
 
@@ -247,7 +248,8 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   if byol_preset is not None:
     tau_base = optim.preset(byol_preset)[2]
   if method not in METHODS:
-    raise ValueError(f'unknown method {method!r}; choose one of {", ".join(METHODS)}')
+    raise UserError(f'unknown method {method!r}: build_model.method must be one of '
+                    f'{", ".join(METHODS)}.')
   if predictor == 'none':
     predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
   if use_target is None:

@@ -24,6 +24,18 @@ def effective_rank(eigenvalues):
   return float(np.exp(-np.sum(p * np.log(p))))
 
 
+class TensorBoard(keras.callbacks.TensorBoard):
+  """Keras' TensorBoard callback with batch-level steps that continue across resumed runs.
+
+  Keras counts batches from 0 in every fit() call, so a resumed run would draw its curve over
+  the previous one; the optimizer's step count is the true x-axis.
+  """
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    self._global_train_batch = int(self.model.optimizer.iterations.numpy())
+
+
 class Monitor(keras.callbacks.Callback):
   """Writes the extra TensorBoard summaries to <log_dir>/monitor."""
 
@@ -71,8 +83,10 @@ class Monitor(keras.callbacks.Callback):
       if self._last is not None and step > self._last[1]:
         tf.summary.scalar('images_per_s', (step - self._last[1]) * self._batch /
                           max(now - self._last[0], 1e-9))
-      if model.method == 'minc' and float(model.summary_steps.numpy()) > 0:
-        summary = model.summary.numpy().astype(np.float64)
+      summary = model.summary.numpy().astype(np.float64)
+      # A NaN step is the guard's to report; its summary has no spectrum.
+      if (model.method == 'minc' and float(model.summary_steps.numpy()) > 0 and
+          np.isfinite(summary).all()):
         decay = model.summary_decay
         if decay > 0:
           summary /= 1.0 - decay ** float(model.summary_steps.numpy())

@@ -57,7 +57,8 @@ def _write_text(path, text):
 
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
-        steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None, verbose=1,
+        steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
+        deterministic=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
         knn=True, tensorboard_update_freq=100, checkpoint_every_steps=1000, keep_checkpoints=3):
   """Runs one experiment in `model_dir` and returns the results dict.
@@ -66,6 +67,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   steps_per_epoch: default num_train // global_batch_size.
   steps_per_execution: train steps per host round trip (the TPU host loop).
   jit_compile: XLA-compile the train step (TPUs always do; off by default on CPU).
+  seed / deterministic: seeds Python, NumPy and TensorFlow (and the input pipeline); with
+    deterministic=True also TensorFlow's op determinism (slower), for bit-identical reruns.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
     statistic and the EMA updates stay in float32.
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
@@ -79,6 +82,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   _check_writable(model_dir)
   if seed is not None:
     keras.utils.set_random_seed(seed)
+  if deterministic:
+    tf.config.experimental.enable_op_determinism()
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise UserError(f'The global batch size {global_batch_size} does not divide by the '
@@ -114,8 +119,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
     callbacks = [  # the guard first: no checkpoint is written after a NaN step.
         guard,
-        keras.callbacks.TensorBoard(os.path.join(model_dir, 'tensorboard'),
-                                    update_freq=tensorboard_update_freq),
+        monitor.TensorBoard(os.path.join(model_dir, 'tensorboard'),
+                            update_freq=tensorboard_update_freq),
         monitor.Monitor(os.path.join(model_dir, 'tensorboard'), global_batch_size,
                         every_steps=tensorboard_update_freq, view_pairs=(v1, v2),
                         config_text=gin.config_str()),

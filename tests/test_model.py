@@ -13,6 +13,7 @@ from minc_tf import losses
 from minc_tf import model as model_lib
 from minc_tf import optim
 from minc_tf import train  # noqa: F401  (registers the configurables quickstart.gin binds)
+from minc_tf.errors import UserError
 
 SHAPE = (8, 8, 1)
 TINY = {'build_encoder.depth': 18, 'build_encoder.small_images': True,
@@ -106,7 +107,7 @@ def test_target_follows_ema_schedule():
 
 
 def test_unknown_method_is_rejected():
-  with pytest.raises(ValueError, match='unknown method'):
+  with pytest.raises(UserError, match='unknown method'):
     model_lib.build_model(SHAPE, method='mnic')
 
 
