@@ -3,8 +3,6 @@
   python -m minc_tf.main --gin_file=gin/minc.gin --model_dir=/tmp/minc [--gin_bindings=...]
 """
 
-import difflib
-import inspect
 import os
 import sys
 
@@ -30,55 +28,12 @@ flags.DEFINE_enum('mode', 'train_and_eval',
 flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
 
 
-def parse_gin(files, bindings):
-  """Parses gin files and bindings; typos become a UserError with the nearest valid names."""
-  import gin
-  from minc_tf.errors import UserError
-  from minc_tf import study  # noqa: F401  (registers every configurable)
-  from minc_tf import train  # noqa: F401
-  # `include 'gin/...'` resolves from the repository root as well as from the working dir.
-  gin.add_config_file_search_path(os.path.dirname(_gin_dir()))
-  for path in files:
-    if not os.path.exists(path) and not os.path.exists(os.path.join(os.path.dirname(_gin_dir()), path)):
-      raise UserError(f'The gin file {path} does not exist. Fix: pass an existing file to '
-                      f'--gin_file (the shipped ones are in gin/: '
-                      f'{", ".join(sorted(os.listdir(_gin_dir()))) if os.path.isdir(_gin_dir()) else "see the README"}).')
-  try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, SyntaxError, TypeError) as e:
-    raise UserError(f'Bad gin configuration: {e}{_suggest(str(e))} Fix the binding or file '
-                    'named above.') from None
-
-
-def _gin_dir():
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
-
-
-def _suggest(message):
-  """' Did you mean ...?' for an unknown configurable or parameter named in a gin error."""
-  import re
-
-  import gin
-  registry = gin.config._REGISTRY
-  m = re.search(r"No configurable matching '([^']+)'", message)
-  if m:
-    names = sorted({selector.split('.')[-1] for selector, _ in registry.items()})
-    close = difflib.get_close_matches(m.group(1).split('.')[-1], names, n=3)
-    return f' Did you mean {" or ".join(close)}?' if close else ''
-  m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
-  if m:
-    configurable = registry.get_match(m.group(1))
-    params = inspect.signature(configurable.wrapped).parameters if configurable else []
-    close = difflib.get_close_matches(m.group(2), list(params), n=3)
-    return f' Did you mean {" or ".join(close)}?' if close else ''
-  return ''
-
-
 def main(argv):
   del argv
   from minc_tf.errors import UserError
+  from minc_tf import config
   try:
-    parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     from minc_tf import strategy as strategy_lib
     from minc_tf import train
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)

@@ -128,16 +128,25 @@ class SSLModel(keras.Model):
     return tf.stop_gradient(
         self.target_projector(self.target_encoder(x, training=True), training=True))
 
-  def _summary_matrix(self, s1, s2):
-    """Updates the EMA of the global second moment and returns its bias-corrected value."""
+  def _summary_matrix(self, s1, s2, update=True):
+    """Updates the EMA of the global second moment and returns its bias-corrected value.
+
+    update=False reads the summary as it stands (the batch's own moment before any update), for
+    measurements that must not change the model's state.
+    """
     batch_moment = losses.batch_second_moment(s1, s2, centered=self.summary_centered)
     decay = self.summary_decay
+    if not update:
+      steps = self.summary_steps
+      current = self.summary / (1.0 - tf.pow(decay, tf.maximum(steps, 1.0))) if decay > 0 \
+          else self.summary
+      return tf.where(steps > 0, current, batch_moment)
     self.summary.assign(decay * self.summary + (1.0 - decay) * batch_moment)
     self.summary_steps.assign_add(1.0)
     # Adam-style bias correction: the EMA starts at zero.
     return self.summary / (1.0 - tf.pow(decay, self.summary_steps)) if decay > 0 else self.summary
 
-  def compute_ssl_loss(self, x1, x2, training=True):
+  def compute_ssl_loss(self, x1, x2, training=True, update_summary=True):
     """The method's loss on one (local) batch of view pairs; global under a strategy."""
     n = tf.shape(x1)[0]
     h, z, q = self._online(tf.concat([x1, x2], axis=0), training)
@@ -159,7 +168,7 @@ class SSLModel(keras.Model):
         t = losses.radial_clip(t, self.mu)
         src = t if self.summary_source == 'target' else tf.stop_gradient(
             losses.radial_clip(z, self.mu))
-        m = self._summary_matrix(src[:n], src[n:])
+        m = self._summary_matrix(src[:n], src[n:], update=update_summary)
         loss = losses.minc_loss(q[:n], q[n:], t[:n], t[n:], m,
                                 lower_triangular=self.lower_triangular)
         loss /= 1.0 if self.mu is None else self.mu

@@ -32,12 +32,58 @@ def _batch_sweep(batch_sizes):
           for b in batch_sizes for method in ('minc', 'spectral')}
 
 
+def gradient_noise_to_signal(model, dataset, num_batches):
+  """E||g - mean g||^2 / ||mean g||^2 over `num_batches` minibatch gradients of the SSL loss
+  w.r.t. the online encoder and projector, at fixed weights, summary and target."""
+  variables = model.encoder.trainable_variables + model.projector.trainable_variables
+  grads = []
+  for (x1, x2), _ in dataset.take(num_batches):
+    with tf.GradientTape() as tape:
+      loss, _, _ = model.compute_ssl_loss(x1, x2, training=True, update_summary=False)
+    grads.append(tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, variables)], 0))
+  g = tf.stack(grads).numpy().astype('float64')
+  mean = g.mean(axis=0)
+  noise = ((g - mean) ** 2).sum(axis=1).mean()
+  return float(noise / max((mean ** 2).sum(), 1e-30))
+
+
+def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pretrain_steps,
+                    num_batches):
+  """Noise-to-signal of MINC and Spectral gradients per batch size, at initialisation and after
+  `pretrain_steps` steps of each method's own training (MINC's summary and target as trained)."""
+  from minc_tf import config
+  from minc_tf import data as data_lib
+  from minc_tf import model as model_lib
+  from minc_tf import optim
+  rows = []
+  for method in ('minc', 'spectral'):
+    gin.clear_config()
+    keras.backend.clear_session()
+    config.parse_gin(list(base_gin_files), list(common_bindings) +
+                     [f"build_model.method = '{method}'"])
+    keras.utils.set_random_seed(0)
+    data = data_lib.load_data()
+    model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
+                                  total_steps=max(pretrain_steps, 1))
+    batch = 256
+    model.compile(optimizer=optim.build_optimizer(batch, max(pretrain_steps, 1), 1))
+    model.optimizer.build(model.trainable_variables)
+    for stage, steps in (('init', 0), (f'after {pretrain_steps} steps', pretrain_steps)):
+      if steps:
+        model.fit(data.pretrain_dataset(batch, seed=0), steps_per_epoch=steps, epochs=1,
+                  verbose=0)
+      for b in batch_sizes:
+        ratio = gradient_noise_to_signal(model, data.pretrain_dataset(b, seed=1), num_batches)
+        rows.append({'method': method, 'stage': stage, 'batch_size': b, 'noise_to_signal': ratio})
+  return rows
+
+
 @gin.configurable(denylist=['model_dir', 'strategy'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), batch_sizes=(64, 128, 256, 512), table_path=None,
-              baselines_once=True):
+              baselines_once=True, pretrain_steps=200, num_batches=16):
   """Runs every variant of study `name` ('ablation' or 'batch_sweep') and writes the table."""
-  from minc_tf import main as main_lib
+  from minc_tf import config
   from minc_tf import train
   variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
   operative = gin.config_str()
@@ -46,13 +92,33 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     gin.clear_config()
     keras.backend.clear_session()
     extra = [] if (i == 0 or not baselines_once) else ['run.baselines = False']
-    main_lib.parse_gin(list(base_gin_files), list(common_bindings) + bindings + extra)
+    config.parse_gin(list(base_gin_files), list(common_bindings) + bindings + extra)
     start = time.time()
     result = train.run('train_and_eval', os.path.join(model_dir, f'variant{i}'), strategy)
     result.update(variant=label, bindings=bindings, total_wall_time_s=round(time.time() - start, 1))
     rows.append(result)
     _write(model_dir, name, rows, table_path, operative)
   return rows
+
+
+def _write_variance(model_dir, rows, table_path):
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, 'variance.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  lines = ['| stage | batch | MINC noise/signal | Spectral noise/signal | MINC / Spectral |',
+           '|---|---|---|---|---|']
+  index = {(r['method'], r['stage'], r['batch_size']): r['noise_to_signal'] for r in rows}
+  for stage, b in sorted({(r['stage'], r['batch_size']) for r in rows},
+                         key=lambda k: (k[0] != 'init', k[1])):
+    m, s = index[('minc', stage, b)], index[('spectral', stage, b)]
+    lines.append(f'| {stage} | {b} | {m:.3g} | {s:.3g} | {m / s:.2f} |')
+  lines.append('\nNoise-to-signal: E||g - mean g||^2 / ||mean g||^2 over minibatch gradients of '
+               'the online encoder and projector at fixed weights (scale-free, so the two losses '
+               f'compare). Machine: {platform.machine()}, {os.cpu_count()} CPUs.')
+  text = '\n'.join(lines) + '\n'
+  for path in filter(None, [os.path.join(model_dir, 'variance.md'), table_path]):
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(text)
 
 
 def _write(model_dir, name, rows, table_path, operative):

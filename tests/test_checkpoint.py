@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from conftest import REPO
 from minc_tf import checkpoint
-from minc_tf import main as main_lib
+from minc_tf import config
 from minc_tf import model as model_lib
 from minc_tf import optim
 from test_data import write_idx
@@ -113,7 +113,7 @@ def test_killed_three_times_resumes_and_finishes_at_planned_step(tmp_path, learn
   assert 'preempted' not in results
 
   # Every checkpoint on disk loads, with every object matched, and holds its own step.
-  main_lib.parse_gin(['gin/quickstart.gin'], ['build_encoder.base_width = 8'])
+  config.parse_gin(['gin/quickstart.gin'], ['build_encoder.base_width = 8'])
   model = model_lib.build_model((28, 28, 1), num_classes=10)
   model.compile(optimizer=optim.build_optimizer(64, STEPS_PER_EPOCH, EPOCHS))
   ckpt = checkpoint.Checkpointer(model, os.path.join(model_dir, 'checkpoints'))

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from conftest import REPO
 from minc_tf import data as data_lib
-from minc_tf import main as main_lib
+from minc_tf import config
 from minc_tf import train
 from minc_tf.errors import UserError
 
@@ -38,7 +38,7 @@ def cli(*args, timeout=300):
 
 @pytest.mark.parametrize('method', ['minc', 'spectral', 'simclr', 'byol'])
 def test_mock_imagenet_end_to_end(tmp_path, method):
-  main_lib.parse_gin([f'gin/{method}.gin'], TINY_IMAGENET)
+  config.parse_gin([f'gin/{method}.gin'], TINY_IMAGENET)
   with tfds.testing.mock_data(num_examples=64):
     results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
   assert results['steps'] == 4 and np.isfinite(results['final_loss'])
@@ -52,21 +52,21 @@ def test_mock_imagenet_end_to_end(tmp_path, method):
 
 
 def test_mock_imagenet_under_mirrored_strategy(tmp_path, mirrored):
-  main_lib.parse_gin(['gin/minc.gin'], TINY_IMAGENET)
+  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET)
   with tfds.testing.mock_data(num_examples=64):
     results = train.run('train', str(tmp_path), mirrored)
   assert results['replicas'] == 2 and np.isfinite(results['final_loss'])
 
 
 def test_batch_not_divisible_by_replicas_is_a_clear_error(tmp_path, mirrored):
-  main_lib.parse_gin(['gin/minc.gin'], TINY_IMAGENET + ['run.global_batch_size = 7'])
+  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + ['run.global_batch_size = 7'])
   with pytest.raises(UserError, match='multiple of 2'):
     train.run('train', str(tmp_path), mirrored)
 
 
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason='needs apt-get install dataset-fashion-mnist')
 def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
-  main_lib.parse_gin(['gin/quickstart.gin'], [
+  config.parse_gin(['gin/quickstart.gin'], [
       'run.steps_per_epoch = 3', 'run.epochs = 1', 'run.eval_train_examples = 2000',
       'run.eval_test_examples = 500', 'run.verbose = 0', 'build_encoder.base_width = 8'])
   results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
@@ -96,7 +96,7 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
   assert served.dtype == np.float32 and served.shape == (16, results['feature_dim'])
   # The in-memory encoder: the checkpoint loaded into a freshly built model.
   gin.clear_config()
-  main_lib.parse_gin(['gin/quickstart.gin'], ['build_encoder.base_width = 8', 'run.verbose = 0'])
+  config.parse_gin(['gin/quickstart.gin'], ['build_encoder.base_width = 8', 'run.verbose = 0'])
   data = data_lib.load_data()
   from minc_tf import model as model_lib
   model = model_lib.build_model(data.image_shape, num_classes=10)

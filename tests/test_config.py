@@ -1,0 +1,38 @@
+"""config.py: gin files and bindings, and the errors for typos and missing files."""
+
+import gin
+import pytest
+
+from minc_tf import config
+from minc_tf.errors import UserError
+
+
+def test_shipped_configs_parse_and_bind():
+  for name in ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam', 'quickstart'):
+    gin.clear_config()
+    config.parse_gin([f'gin/{name}.gin'], [])
+    method = gin.query_parameter('build_model.method')
+    assert method == (name if name != 'quickstart' else 'minc')
+
+
+def test_imagenet_configs_follow_byol_300_epoch_table():
+  config.parse_gin(['gin/minc.gin'], [])
+  assert gin.query_parameter('run.global_batch_size') == 4096
+  assert gin.query_parameter('build_optimizer.name') == 'lars'
+  assert gin.query_parameter('build_encoder.depth') == 50
+  assert gin.query_parameter('load_data.name') == 'imagenet2012'
+
+
+def test_unknown_parameter_suggests_the_right_one():
+  with pytest.raises(UserError, match="Did you mean summary_decay"):
+    config.parse_gin([], ['build_model.sumary_decay = 0.5'])
+
+
+def test_unknown_configurable_suggests_the_right_one():
+  with pytest.raises(UserError, match='Did you mean build_optimizer'):
+    config.parse_gin([], ['build_optimiser.name = "lars"'])
+
+
+def test_missing_file_lists_the_shipped_ones():
+  with pytest.raises(UserError, match='minc.gin'):
+    config.parse_gin(['gin/mnic.gin'], [])
