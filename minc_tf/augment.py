@@ -3,6 +3,10 @@
 Defaults are BYOL's view table (Grill et al. 2020, Table 6); gin/augment_simclr.gin binds the
 SimCLR preset. Per-view parameters are pairs (view1, view2). One-channel images skip the colour
 ops that have no meaning for them (saturation, hue, grayscale) instead of failing.
+
+All randomness is stateless and flows from an Rng made from a per-example seed, so an example's
+views depend only on (seed, example index): parallel maps stay reproducible, and a resumed run
+can skip to where it stopped without replaying the augmentations.
 """
 
 import math
@@ -14,7 +18,29 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def sample_crop_window(height, width, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
+class Rng:
+  """Stateless random draws from one seed ([2] ints): draw k uses fold_in(seed, k).
+
+  The counter advances at trace time, so draws are a fixed function of the seed and of their
+  order in the traced function, whatever the thread scheduling.
+  """
+
+  def __init__(self, seed):
+    self._seed = tf.cast(seed, tf.int64)
+    self._count = 0
+
+  def seed(self):
+    self._count += 1
+    return tf.random.experimental.stateless_fold_in(self._seed, self._count)
+
+  def uniform(self, minval=0.0, maxval=1.0, shape=(), dtype=tf.float32):
+    return tf.random.stateless_uniform(shape, self.seed(), minval, maxval, dtype=dtype)
+
+  def shuffle(self, x):
+    return tf.random.experimental.stateless_shuffle(x, self.seed())
+
+
+def sample_crop_window(height, width, rng, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
   """Random-resized-crop window (offset_y, offset_x, crop_h, crop_w), int32 scalars.
 
   Area fraction ~ U(area) exactly; aspect ratio (w/h) log-uniform in `aspect`, clamped into the
@@ -24,39 +50,39 @@ def sample_crop_window(height, width, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
   """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  target = tf.random.uniform([], area[0], area[1]) * h * w
-  ratio = tf.exp(tf.random.uniform([], math.log(aspect[0]), math.log(aspect[1])))
+  target = rng.uniform(area[0], area[1]) * h * w
+  ratio = tf.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
   ratio = tf.clip_by_value(ratio, target / tf.square(h), tf.square(w) / target)
   crop_w = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(target * ratio)), 1.0, w), tf.int32)
   crop_h = tf.cast(tf.clip_by_value(tf.round(tf.sqrt(target / ratio)), 1.0, h), tf.int32)
-  off_y = tf.random.uniform([], 0, tf.cast(height, tf.int32) - crop_h + 1, dtype=tf.int32)
-  off_x = tf.random.uniform([], 0, tf.cast(width, tf.int32) - crop_w + 1, dtype=tf.int32)
+  off_y = rng.uniform(0, tf.cast(height, tf.int32) - crop_h + 1, dtype=tf.int32)
+  off_x = rng.uniform(0, tf.cast(width, tf.int32) - crop_w + 1, dtype=tf.int32)
   return off_y, off_x, crop_h, crop_w
 
 
-def _maybe(prob, fn, x):
-  return tf.cond(tf.random.uniform([]) < prob, lambda: fn(x), lambda: x)
+def _maybe(prob, fn, x, rng):
+  return tf.cond(rng.uniform() < prob, lambda: fn(x), lambda: x)
 
 
-def _color_jitter(x, brightness, contrast, saturation, hue):
+def _color_jitter(x, brightness, contrast, saturation, hue, rng):
   """Jitter in a random order, each op followed by a clip (BYOL)."""
   channels = x.shape[-1]
 
   def bright(y):
-    return y + tf.random.uniform([], -brightness, brightness)
+    return y + rng.uniform(-brightness, brightness)
 
   def contr(y):
     mean = tf.reduce_mean(tf.image.rgb_to_grayscale(y) if channels == 3 else y)
-    return (y - mean) * tf.random.uniform([], 1 - contrast, 1 + contrast) + mean
+    return (y - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
 
   def satur(y):
-    return tf.image.adjust_saturation(y, tf.random.uniform([], 1 - saturation, 1 + saturation))
+    return tf.image.adjust_saturation(y, rng.uniform(1 - saturation, 1 + saturation))
 
   def hue_fn(y):
-    return tf.image.adjust_hue(y, tf.random.uniform([], -hue, hue))
+    return tf.image.adjust_hue(y, rng.uniform(-hue, hue))
 
   ops = [bright, contr] + ([satur, hue_fn] if channels == 3 else [])
-  order = tf.random.shuffle(tf.range(len(ops)))
+  order = rng.shuffle(tf.range(len(ops)))
   for i in range(len(ops)):
     x = tf.switch_case(order[i], [lambda op=op: tf.clip_by_value(op(x), 0., 1.) for op in ops])
   return x
@@ -84,35 +110,38 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
                     blur_kernel_frac=0.1, solarize_prob=(0.0, 0.2)):
   """Returns (crop, view1, view2).
 
-  crop(image [H, W, C] uint8 or float, cropped=False) -> float [image_size, image_size, C] in [0, 1]: random
-  resized crop (area U(crop_area), log-uniform aspect), bicubic, clipped; crop.window(h, w) samples
-  the window alone (for decode_and_crop_jpeg; then pass the cropped image with cropped=True).
-  viewK(image float [S, S, C]) -> float [S, S, C] in [0, 1]: flip, colour jitter with jitter_prob,
+  crop(image [H, W, C] uint8 or float, rng, cropped=False) -> float [image_size, image_size, C] in [0, 1]: random
+  resized crop (area U(crop_area), log-uniform aspect), bicubic, clipped; crop.window(h, w, rng)
+  samples the window alone (for decode_and_crop_jpeg; then pass the cropped image with
+  cropped=True).
+  viewK(image float [S, S, C], rng) -> float [S, S, C] in [0, 1]: flip, colour jitter with jitter_prob,
   grayscale, blur (kernel blur_kernel_frac of the side, sigma U(blur_sigma)) and solarize
   (threshold 0.5) with view K's probabilities.
   """
   kernel = max(3, int(image_size * blur_kernel_frac) // 2 * 2 + 1)
 
-  def crop(image, cropped=False):
+  def crop(image, rng, cropped=False):
     if not cropped:
       shape = tf.shape(image)
-      image = tf.image.crop_to_bounding_box(image, *crop.window(shape[0], shape[1]))
+      image = tf.image.crop_to_bounding_box(image, *crop.window(shape[0], shape[1], rng))
     image = tf.image.convert_image_dtype(image, tf.float32) if image.dtype == tf.uint8 else image
     image = tf.image.resize(image, [image_size, image_size], method='bicubic')
     return tf.clip_by_value(image, 0.0, 1.0)
 
-  crop.window = lambda h, w: sample_crop_window(h, w, crop_area, aspect)
+  crop.window = lambda h, w, rng: sample_crop_window(h, w, rng, crop_area, aspect)
 
   def make_view(k):
-    def view(x):
+    def view(x, rng):
       channels = x.shape[-1]
-      x = _maybe(flip_prob, tf.image.flip_left_right, x)
-      x = _maybe(jitter_prob, lambda y: _color_jitter(y, brightness, contrast, saturation, hue), x)
+      x = _maybe(flip_prob, tf.image.flip_left_right, x, rng)
+      x = _maybe(jitter_prob, lambda y: _color_jitter(y, brightness, contrast, saturation, hue,
+                                                      rng), x, rng)
       if channels == 3:
-        x = _maybe(grayscale_prob, lambda y: tf.tile(tf.image.rgb_to_grayscale(y), [1, 1, 3]), x)
+        x = _maybe(grayscale_prob, lambda y: tf.tile(tf.image.rgb_to_grayscale(y), [1, 1, 3]), x,
+                   rng)
       x = _maybe(blur_prob[k], lambda y: gaussian_blur(
-          y, tf.random.uniform([], blur_sigma[0], blur_sigma[1]), kernel), x)
-      x = _maybe(solarize_prob[k], lambda y: tf.where(y < 0.5, y, 1.0 - y), x)
+          y, rng.uniform(blur_sigma[0], blur_sigma[1]), kernel), x, rng)
+      x = _maybe(solarize_prob[k], lambda y: tf.where(y < 0.5, y, 1.0 - y), x, rng)
       return tf.clip_by_value(x, 0.0, 1.0)
     return view
 

@@ -128,25 +128,34 @@ class ImageData:
   # --- pipelines ---------------------------------------------------------------------------
 
   def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
-                       shuffle_buffer=None):
+                       shuffle_buffer=None, start_step=0):
     """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
 
     shuffle_buffer: examples shuffled after file-level shuffling (default 10 x batch_size) for
-    file-backed sources; in-memory sources are shuffled whole.
-    seed: reproducible order and augmentations (resets TensorFlow's global seed, and maps
-      sequentially, since parallel calls would share the random state in arbitrary order).
+      file-backed sources; in-memory sources are shuffled whole.
+    seed: makes the order and every augmentation reproducible (each example's views come from
+      the stateless seed (seed, pipeline, example index)); None draws a fresh seed.
+    start_step: batches to skip before the first one, so that a run resumed at that step with
+      the same seed sees exactly the data of an uninterrupted run (skipped before decoding and
+      augmentation, so skipping is cheap).
     """
-    if seed is not None:
-      tf.random.set_seed(seed)
     crop, view1, view2 = views or augment.view_transforms(self.image_shape[0])
+    reproducible = seed is not None
+    if seed is None:
+      seed = int(np.random.default_rng().integers(2 ** 31))
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    base = tf.constant([seed, pipeline], tf.int64)
 
-    def two_views(image, label):
+    def two_views(index, example):
+      image, label = example
+      rng = augment.Rng(tf.random.experimental.stateless_fold_in(base, index))
       if self.encoded:
-        crops = [crop(self._decode_crop(image, crop.window), cropped=True) for _ in range(2)]
+        window = lambda h, w: crop.window(h, w, rng)
+        crops = [crop(self._decode_crop(image, window), rng, cropped=True) for _ in range(2)]
       else:
-        crops = [crop(image), crop(image)]
-      v1 = augment.normalize(view1(crops[0]), self.mean, self.std)
-      v2 = augment.normalize(view2(crops[1]), self.mean, self.std)
+        crops = [crop(image, rng), crop(image, rng)]
+      v1 = augment.normalize(view1(crops[0], rng), self.mean, self.std)
+      v2 = augment.normalize(view2(crops[1], rng), self.mean, self.std)
       v1.set_shape(self.image_shape)
       v2.set_shape(self.image_shape)
       return (v1, v2), label
@@ -154,10 +163,12 @@ class ImageData:
     ds = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
     if self._builder is not None:  # file shuffling alone leaves neighbours together.
       ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed)
-    ds = ds.repeat().map(two_views,
-                         num_parallel_calls=None if seed is not None else tf.data.AUTOTUNE)
+    ds = ds.repeat().enumerate().skip(start_step * batch_size)
+    ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options(deterministic=seed is not None))
+    # Every example's views are fixed by its seed, so only the order of parallel results can
+    # vary; with an explicit seed that order is kept too.
+    return ds.with_options(_options(deterministic=reproducible))
 
   def eval_dataset(self, split, batch_size, drop_remainder=False, limit=None):
     """(image, label) batches in order: centre crop (0.875) of decoded images, normalised."""

@@ -67,8 +67,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   steps_per_epoch: default num_train // global_batch_size.
   steps_per_execution: train steps per host round trip (the TPU host loop).
   jit_compile: XLA-compile the train step (TPUs always do; off by default on CPU).
-  seed / deterministic: seeds Python, NumPy and TensorFlow (and the input pipeline); with
-    deterministic=True also TensorFlow's op determinism (slower), for bit-identical reruns.
+  seed / deterministic: seeds Python, NumPy and TensorFlow and the input pipeline (every
+    example's views come from a stateless per-example seed, and a resumed run skips to its
+    step, so it sees the data of an uninterrupted run); deterministic=True adds TensorFlow's op
+    determinism: with TF_ENABLE_ONEDNN_OPTS=0 (oneDNN is not bit-reproducible), reruns and
+    resumed runs are bit-identical.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
     statistic and the EMA updates stay in float32.
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
@@ -84,6 +87,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     keras.utils.set_random_seed(seed)
   if deterministic:
     tf.config.experimental.enable_op_determinism()
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
+      logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
+                      'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise UserError(f'The global batch size {global_batch_size} does not divide by the '
@@ -112,9 +118,12 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     with strategy.scope():  # optimizer slots are created on restore
       start_step = checkpointer.restore_latest()
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
-                                          ctx, seed=seed))
+
+    def dataset_from(step):
+      return strategy.distribute_datasets_from_function(
+          lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
+                                            ctx, seed=seed, start_step=step))
+
     guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
     callbacks = [  # the guard first: no checkpoint is written after a NaN step.
@@ -126,8 +135,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                         config_text=gin.config_str()),
     ]
     start = time.time()
-    history = _fit_from(model, dataset, start_step, steps_per_epoch, epochs, callbacks, verbose,
-                        guard)
+    history = _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks,
+                        verbose, guard)
     wall = time.time() - start
     if guard.diverged_at is not None:
       raise UserError(
@@ -165,21 +174,26 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   return results
 
 
-def _fit_from(model, dataset, start_step, steps_per_epoch, epochs, callbacks, verbose, guard):
+def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks, verbose, guard):
   """Runs fit from optimizer step `start_step` to steps_per_epoch * epochs, finishing a partly
-  done epoch first, so a resumed run ends at exactly the planned step."""
+  done epoch first, so a resumed run ends at exactly the planned step.
+
+  dataset_from(step) gives the input stream from batch `step` on: each fit() starts a new
+  iterator, which must continue where the previous one stopped.
+  """
   epoch, done = divmod(start_step, steps_per_epoch)
   history = None
   if done:
-    history = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1,
+    history = model.fit(dataset_from(start_step), initial_epoch=epoch, epochs=epoch + 1,
                         steps_per_epoch=steps_per_epoch - done, callbacks=callbacks,
                         verbose=verbose)
     epoch += 1
     if guard.preempted or guard.diverged_at is not None:
       return history
   if epoch < epochs:
-    history = model.fit(dataset, initial_epoch=epoch, epochs=epochs,
-                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    history = model.fit(dataset_from(epoch * steps_per_epoch), initial_epoch=epoch,
+                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                        verbose=verbose)
   return history
 
 

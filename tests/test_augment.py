@@ -14,9 +14,16 @@ OFF = dict(flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=(0.0, 0
            solarize_prob=(0.0, 0.0))
 
 
+def rng(i=0):
+  return augment.Rng(tf.constant([7, i], tf.int64))
+
+
 def apply_many(fn, image, n=N):
-  """fn applied to n copies of image, as a tf.data map (the way the pipeline runs it)."""
-  ds = tf.data.Dataset.from_tensors(tf.constant(image, tf.float32)).repeat(n).map(fn).batch(n)
+  """fn applied to n copies of image, each with its own seed, as a parallel tf.data map."""
+  image = tf.constant(image, tf.float32)
+  ds = tf.data.Dataset.range(n).map(
+      lambda i: fn(image, augment.Rng(tf.stack([tf.constant(7, tf.int64), i]))),
+      num_parallel_calls=4).batch(n)
   return next(iter(ds)).numpy()
 
 
@@ -27,19 +34,21 @@ def assert_rate(hits, p, n=N):
 
 @pytest.mark.parametrize('channels', [3, 1])
 def test_views_have_shape_dtype_and_range(channels):
-  rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, size=(50, 70, channels)).astype(np.uint8)
+  image = np.random.default_rng(0).integers(0, 256, size=(50, 70, channels)).astype(np.uint8)
   crop, v1, v2 = augment.view_transforms(32)
   for view in (v1, v2):
-    out = view(crop(tf.constant(image)))
+    out = view(crop(tf.constant(image), rng()), rng(1))
     assert out.shape == (32, 32, channels) and out.dtype == tf.float32
     assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
 
 
 def test_crop_area_is_uniform_on_008_1():
-  ds = tf.data.Dataset.range(4000).map(
-      lambda _: tf.cast(tf.reduce_prod(tf.stack(augment.sample_crop_window(300, 400)[2:])),
-                        tf.float32) / (300 * 400))
+  def area(i):
+    window = augment.sample_crop_window(
+        300, 400, augment.Rng(tf.stack([tf.constant(1, tf.int64), i])))
+    return tf.cast(window[2] * window[3], tf.float32) / (300 * 400)
+
+  ds = tf.data.Dataset.range(4000).map(area)
   areas = np.array(list(ds.as_numpy_iterator()))
   assert areas.min() >= 0.075 and areas.max() <= 1.0
   # Kolmogorov-Smirnov distance against U(0.08, 1); 1.63/sqrt(n) is the 1% critical value.
@@ -85,7 +94,7 @@ def test_jitter_probability():
 def test_one_channel_views_run_every_op():
   crop, v1, v2 = augment.view_transforms(
       16, jitter_prob=1.0, grayscale_prob=1.0, blur_prob=(1.0, 1.0), solarize_prob=(1.0, 1.0))
-  out = v1(crop(tf.random.uniform((20, 20, 1))))
+  out = v1(crop(tf.random.uniform((20, 20, 1)), rng()), rng(1))
   assert out.shape == (16, 16, 1)
 
 
@@ -94,3 +103,13 @@ def test_center_crop_takes_the_middle():
   image[40:60, 90:110] = 255
   out = augment.center_crop(tf.constant(image), 8, crop_frac=0.2)  # the 20 x 20 centre
   np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-3)
+
+
+def test_same_seed_same_views_different_seed_different_views():
+  crop, v1, _ = augment.view_transforms(16)
+  image = tf.random.uniform((24, 24, 3), seed=1)
+  a = v1(crop(image, rng(3)), rng(4)).numpy()
+  b = v1(crop(image, rng(3)), rng(4)).numpy()
+  c = v1(crop(image, rng(5)), rng(4)).numpy()
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
