@@ -37,7 +37,8 @@ class Rng:
     return tf.random.stateless_uniform(shape, self.seed(), minval, maxval, dtype=dtype)
 
   def shuffle(self, x):
-    return tf.random.experimental.stateless_shuffle(x, self.seed())
+    # argsort of uniform keys rather than stateless_shuffle, which XLA cannot compile.
+    return tf.gather(x, tf.argsort(self.uniform(shape=tf.shape(x)[:1])))
 
 
 def sample_crop_window(height, width, rng, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
@@ -146,6 +147,26 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
     return view
 
   return crop, make_view(0), make_view(1)
+
+
+def batch_views(view1, view2, mean, std):
+  """(x1, x2, seed) -> normalised views of two batches of crops, for use inside train_step.
+
+  The flip / colour / blur / solarize part of the views on the accelerator, as BYOL does on TPU;
+  the crops come from the input pipeline. Example i of view k draws from fold_in(seed, 2i + k),
+  with seed = (step, replica), so no Python-side randomness enters the compiled step.
+  """
+  def apply(view, x, seed, k):
+    index = tf.range(tf.shape(x)[0], dtype=tf.int64)
+    return tf.map_fn(
+        lambda a: normalize(view(a[0], Rng(tf.random.experimental.stateless_fold_in(
+            seed, 2 * a[1] + k))), mean, std),
+        (tf.cast(x, tf.float32), index), fn_output_signature=tf.float32)
+
+  def views(x1, x2, seed):
+    return apply(view1, x1, seed, 0), apply(view2, x2, seed, 1)
+
+  return views
 
 
 def normalize(x, mean, std):

@@ -128,7 +128,7 @@ class ImageData:
   # --- pipelines ---------------------------------------------------------------------------
 
   def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
-                       shuffle_buffer=None, start_step=0):
+                       shuffle_buffer=None, start_step=0, crops_only=False):
     """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
 
     shuffle_buffer: examples shuffled after file-level shuffling (default 10 x batch_size) for
@@ -138,6 +138,8 @@ class ImageData:
     start_step: batches to skip before the first one, so that a run resumed at that step with
       the same seed sees exactly the data of an uninterrupted run (skipped before decoding and
       augmentation, so skipping is cheap).
+    crops_only: yield the two random-resized crops in [0, 1], unnormalised, and leave the rest of
+      the views to the model (augment.batch_views inside train_step).
     """
     crop, view1, view2 = views or augment.view_transforms(self.image_shape[0])
     reproducible = seed is not None
@@ -154,8 +156,11 @@ class ImageData:
         crops = [crop(self._decode_crop(image, window), rng, cropped=True) for _ in range(2)]
       else:
         crops = [crop(image, rng), crop(image, rng)]
-      v1 = augment.normalize(view1(crops[0], rng), self.mean, self.std)
-      v2 = augment.normalize(view2(crops[1], rng), self.mean, self.std)
+      if crops_only:
+        v1, v2 = crops
+      else:
+        v1 = augment.normalize(view1(crops[0], rng), self.mean, self.std)
+        v2 = augment.normalize(view2(crops[1], rng), self.mean, self.std)
       v1.set_shape(self.image_shape)
       v2.set_shape(self.image_shape)
       return (v1, v2), label

@@ -75,6 +75,8 @@ class SSLModel(keras.Model):
     self.total_steps = total_steps
     self.num_classes = num_classes
     self.probe = keras.layers.Dense(num_classes, name='probe') if num_classes else None
+    # augment.batch_views(...) when the views are made on the accelerator (run.augment_on_device).
+    self.device_views = None
 
     k = projector.output_shape[-1]
     # Every replica computes the same (all-reduced) update, so per-replica assignment keeps the
@@ -181,6 +183,11 @@ class SSLModel(keras.Model):
   def train_step(self, data):
     (x1, x2), labels = data
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if self.device_views is not None:  # the input pipeline sent crops only
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      seed = tf.stack([tf.cast(self.optimizer.iterations, tf.int64),
+                       tf.cast(replica, tf.int64)])
+      x1, x2 = self.device_views(x1, x2, seed)
     with tf.GradientTape() as tape:
       ssl_loss, h1, z1 = self.compute_ssl_loss(x1, x2, training=True)
       total = ssl_loss

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import augment
 from minc_tf import checkpoint
 from minc_tf import data as data_lib
 from minc_tf import evaluate
@@ -58,7 +59,7 @@ def _write_text(path, text):
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
-        deterministic=False, verbose=1,
+        deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
         knn=True, tensorboard_update_freq=100, checkpoint_every_steps=1000, keep_checkpoints=3):
   """Runs one experiment in `model_dir` and returns the results dict.
@@ -72,6 +73,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     step, so it sees the data of an uninterrupted run); deterministic=True adds TensorFlow's op
     determinism: with TF_ENABLE_ONEDNN_OPTS=0 (oneDNN is not bit-reproducible), reruns and
     resumed runs are bit-identical.
+  augment_on_device: the input pipeline makes the crops, the model the rest of the views
+    (flip, colour, blur, solarize) inside train_step, as BYOL does on TPU.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
     statistic and the EMA updates stay in float32.
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
@@ -109,6 +112,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     optimizer = optim.build_optimizer(global_batch_size, steps_per_epoch, epochs)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
+  if augment_on_device:
+    _, view1, view2 = augment.view_transforms(data.image_shape[0])
+    model.device_views = augment.batch_views(view1, view2, data.mean, data.std)
 
   results = {'method': model.method, 'dataset': data.name, 'epochs': epochs,
              'batch_size': global_batch_size, 'steps': total_steps, 'replicas': replicas}
@@ -122,7 +128,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     def dataset_from(step):
       return strategy.distribute_datasets_from_function(
           lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
-                                            ctx, seed=seed, start_step=step))
+                                            ctx, seed=seed, start_step=step,
+                                            crops_only=augment_on_device))
 
     guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))

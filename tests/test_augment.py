@@ -113,3 +113,23 @@ def test_same_seed_same_views_different_seed_different_views():
   c = v1(crop(image, rng(5)), rng(4)).numpy()
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_batch_views_apply_the_host_view_per_example():
+  _, v1, v2 = augment.view_transforms(8)
+  x = tf.random.uniform((4, 8, 8, 3), seed=2)
+  seed = tf.constant([11, 0], tf.int64)
+  # In a tf.function, as in train_step (eager map_fn would run tf.cond eagerly).
+  b1, b2 = tf.function(augment.batch_views(v1, v2, (0.5,) * 3, (0.25,) * 3))(x, x, seed)
+
+  # Traced, as in the input pipeline: a traced tf.cond draws for both branches, eager for one.
+  @tf.function
+  def host_view(view_index, image, k):
+    view = (v1, v2)[view_index]
+    rng_i = augment.Rng(tf.random.experimental.stateless_fold_in(seed, k))
+    return augment.normalize(view(image, rng_i), (0.5,) * 3, (0.25,) * 3)
+
+  for i in range(4):
+    for k, out in enumerate((b1, b2)):
+      expected = host_view(k, x[i], tf.constant(2 * i + k, tf.int64))
+      np.testing.assert_allclose(out[i].numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)

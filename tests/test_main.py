@@ -51,8 +51,8 @@ def test_mock_imagenet_end_to_end(tmp_path, method):
   assert tf.io.gfile.glob(str(tmp_path / 'tensorboard' / 'train' / 'events.out.tfevents.*'))
 
 
-def test_mock_imagenet_under_mirrored_strategy(tmp_path, mirrored):
-  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET)
+def test_mock_imagenet_under_mirrored_strategy_with_views_made_on_device(tmp_path, mirrored):
+  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + ['run.augment_on_device = True'])
   with tfds.testing.mock_data(num_examples=64):
     results = train.run('train', str(tmp_path), mirrored)
   assert results['replicas'] == 2 and np.isfinite(results['final_loss'])

@@ -151,3 +151,14 @@ def test_steps_per_execution_runs_the_host_loop():
   history = m.fit(dataset(batches(count=4)), epochs=1, verbose=0)
   assert m.optimizer.iterations.numpy() == 4 and m.summary_steps.numpy() == 4
   assert np.isfinite(history.history['loss'][-1])
+
+
+def test_views_made_inside_the_train_step_compile_with_xla():
+  from minc_tf import augment
+  m = tiny_model('minc')
+  _, v1, v2 = augment.view_transforms(SHAPE[0], blur_prob=(1.0, 0.1))
+  m.device_views = augment.batch_views(v1, v2, (0.5,), (0.25,))
+  compile_model(m, jit_compile=True)
+  crops = [((np.clip(x1, 0, 1), np.clip(x2, 0, 1)), y) for (x1, x2), y in batches()]
+  history = m.fit(dataset(crops), epochs=1, verbose=0)
+  assert np.isfinite(history.history['loss'][-1]) and m.optimizer.iterations.numpy() == 2
