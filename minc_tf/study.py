@@ -23,6 +23,8 @@ ABLATION = {
     'summary decay 0 (batch only)': ['build_model.summary_decay = 0.0'],
     'lower triangular (GHA)': ['build_model.lower_triangular = True'],
     'no target network (sg online)': ['build_model.use_target = False'],
+    'no target + lower triangular': ['build_model.use_target = False',
+                                     'build_model.lower_triangular = True'],
     'spectral contrastive (reference)': ["build_model.method = 'spectral'"],
 }
 
@@ -81,11 +83,13 @@ def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pre
 @gin.configurable(denylist=['model_dir', 'strategy'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), batch_sizes=(64, 128, 256, 512), table_path=None,
-              baselines_once=True, pretrain_steps=200, num_batches=16):
+              baselines_once=True, pretrain_steps=200, num_batches=16, variants=None):
   """Runs every variant of study `name` ('ablation' or 'batch_sweep') and writes the table."""
   from minc_tf import config
   from minc_tf import train
-  variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
+  if variants is None:
+    variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
+  variants = {label: list(b) for label, b in variants.items()}
   operative = gin.config_str()
   rows = []
   for i, (label, bindings) in enumerate(variants.items()):
