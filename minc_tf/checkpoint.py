@@ -22,7 +22,13 @@ class Checkpointer:
 
   def __init__(self, model, directory, keep=3):
     self._model = model
-    self._ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    # The input pipeline's random state: every view is a function of (data_seed, example
+    # index) and the step fixes the index, so this seed is all a resumed run needs to continue
+    # the same stream. Drawn once per run, restored with everything else.
+    self.data_seed = tf.Variable(np.random.default_rng().integers(2 ** 31), dtype=tf.int64,
+                                 trainable=False, name='data_seed')
+    self._ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                     data_seed=self.data_seed)
     self._manager = tf.train.CheckpointManager(self._ckpt, directory, max_to_keep=keep)
     self.directory = directory
 

@@ -74,7 +74,8 @@ class ImageData:
   """
 
   def __init__(self, name, image_size, channels, num_classes, num_train, mean, std, arrays=None,
-               builder=None, files=None, train_split='train', eval_split='validation'):
+               builder=None, files=None, train_split='train', eval_split='validation',
+               cache=False):
     self.name = name
     self.image_shape = (image_size, image_size, channels)
     self.num_classes = num_classes
@@ -82,6 +83,7 @@ class ImageData:
     self.mean, self.std = mean, std
     self._arrays, self._builder, self._files = arrays, builder, files
     self.train_split, self.eval_split = train_split, eval_split
+    self._cache = cache
 
   # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
 
@@ -91,19 +93,21 @@ class ImageData:
       # Per-host file sharding: each input pipeline reads only its own files.
       read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
                                     try_autocache=False)
-      return self._builder.as_dataset(split=split, shuffle_files=shuffle,
-                                      read_config=read_config, as_supervised=True,
-                                      decoders={'image': tfds.decode.SkipDecoding()})
+      ds = self._builder.as_dataset(split=split, shuffle_files=shuffle,
+                                    read_config=read_config, as_supervised=True,
+                                    decoders={'image': tfds.decode.SkipDecoding()})
+      # Encoded bytes are cached (when they fit in memory), never decoded or augmented images.
+      return ds.cache() if self._cache else ds
     images, labels = (self._arrays or self._files)[split]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if input_context is not None and input_context.num_input_pipelines > 1:
       ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if shuffle:
-      ds = ds.shuffle(len(labels), seed=seed)
     if self._files is not None:
       ds = ds.map(lambda path, label: (tf.io.read_file(path), label),
                   num_parallel_calls=tf.data.AUTOTUNE)
-    return ds
+      if self._cache:  # before the shuffle, so every epoch is shuffled anew
+        ds = ds.cache()
+    return ds.shuffle(len(labels), seed=seed) if shuffle else ds
 
   @property
   def encoded(self):
@@ -128,7 +132,7 @@ class ImageData:
   # --- pipelines ---------------------------------------------------------------------------
 
   def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
-                       shuffle_buffer=None, start_step=0, crops_only=False):
+                       shuffle_buffer=None, start_step=0, crops_only=False, ordered=None):
     """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
 
     shuffle_buffer: examples shuffled after file-level shuffling (default 10 x batch_size) for
@@ -138,11 +142,14 @@ class ImageData:
     start_step: batches to skip before the first one, so that a run resumed at that step with
       the same seed sees exactly the data of an uninterrupted run (skipped before decoding and
       augmentation, so skipping is cheap).
+    ordered: keep the order of parallel map results (tf.data deterministic); default: when a
+      seed is given. Unordered is faster; the views themselves are fixed by the seed either way.
     crops_only: yield the two random-resized crops in [0, 1], unnormalised, and leave the rest of
       the views to the model (augment.batch_views inside train_step).
     """
     crop, view1, view2 = views or augment.view_transforms(self.image_shape[0])
-    reproducible = seed is not None
+    if ordered is None:
+      ordered = seed is not None
     if seed is None:
       seed = int(np.random.default_rng().integers(2 ** 31))
     pipeline = input_context.input_pipeline_id if input_context is not None else 0
@@ -171,9 +178,7 @@ class ImageData:
     ds = ds.repeat().enumerate().skip(start_step * batch_size)
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    # Every example's views are fixed by its seed, so only the order of parallel results can
-    # vary; with an explicit seed that order is kept too.
-    return ds.with_options(_options(deterministic=reproducible))
+    return ds.with_options(_options(deterministic=ordered))
 
   def eval_dataset(self, split, batch_size, drop_remainder=False, limit=None):
     """(image, label) batches in order: centre crop (0.875) of decoded images, normalised."""
@@ -285,7 +290,8 @@ def _folder_source(image_dir, on_corrupt, eval_every):
 @gin.configurable
 def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHION_MNIST_DIR,
               image_dir=None, channels=3, on_corrupt='skip', eval_every=10,
-              train_split='train', eval_split='validation', num_train=None, mean=None, std=None):
+              train_split='train', eval_split='validation', num_train=None, mean=None, std=None,
+              cache=False):
   """Returns the ImageData for `name`: 'fashion_mnist', 'image_folder' or a TFDS dataset name.
 
   data_dir: TFDS data dir (local path or gs://); idx_dir: where the Fashion-MNIST IDX files are.
@@ -294,6 +300,8 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHIO
     on_corrupt: 'skip' (count, warn) or 'fail' (error naming the file). channels: 3 or 1.
   num_train: examples per pretraining epoch, when TFDS metadata lacks it.
   mean / std: normalisation (ImageNet's for RGB datasets unless given).
+  cache: keep the encoded examples of file-backed sources in memory after the first pass (for
+    datasets that fit; in-memory sources need none).
   """
   if name == 'image_folder':
     files, classes = _folder_source(image_dir, on_corrupt, eval_every)
@@ -301,7 +309,7 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHIO
                                  else ((0.5,), (0.5,)))
     return ImageData(name, image_size, channels, len(classes), len(files['train'][1]),
                      mean or default_mean, std or default_std, files=files,
-                     train_split='train', eval_split='validation')
+                     train_split='train', eval_split='validation', cache=cache)
   if name == 'fashion_mnist':
     arrays = _fashion_mnist_arrays(idx_dir, data_dir)
     return ImageData(name, image_size, 1, 10, len(arrays['train'][0]),
@@ -335,4 +343,4 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHIO
     default_mean, default_std = (0.5,), (0.5,)
   return ImageData(name, image_size, channels, num_classes, num_train,
                    mean or default_mean, std or default_std, builder=builder,
-                   train_split=train_split, eval_split=eval_split)
+                   train_split=train_split, eval_split=eval_split, cache=cache)

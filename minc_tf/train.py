@@ -124,12 +124,14 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     with strategy.scope():  # optimizer slots are created on restore
       start_step = checkpointer.restore_latest()
+    data_seed = seed if seed is not None else int(checkpointer.data_seed.numpy())
 
     def dataset_from(step):
       return strategy.distribute_datasets_from_function(
           lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
-                                            ctx, seed=seed, start_step=step,
-                                            crops_only=augment_on_device))
+                                            ctx, seed=data_seed, start_step=step,
+                                            crops_only=augment_on_device,
+                                            ordered=seed is not None))
 
     guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))

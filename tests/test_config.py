@@ -15,6 +15,14 @@ def test_shipped_configs_parse_and_bind():
     assert method == (name if name != 'quickstart' else 'minc')
 
 
+def test_quickstart_configs_for_every_method():
+  for name in ('spectral', 'simclr', 'byol', 'simsiam', 'linear_byol'):
+    gin.clear_config()
+    config.parse_gin([f'gin/quickstart_{name}.gin'], [])
+    assert gin.query_parameter('build_model.method') == name
+    assert gin.query_parameter('load_data.name') == 'fashion_mnist'
+
+
 def test_imagenet_configs_follow_byol_300_epoch_table():
   config.parse_gin(['gin/minc.gin'], [])
   assert gin.query_parameter('run.global_batch_size') == 4096

@@ -108,6 +108,17 @@ def test_image_folder_skips_corrupt_file_and_trains(tmp_path):
   assert x.shape == (4, 16, 16, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1]
 
 
+def test_cached_image_folder_reshuffles_every_epoch(tmp_path):
+  root = _image_folder(tmp_path)
+  d = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5,
+                         cache=True)
+  epochs = [[int(y) for _, y in d._examples('train', shuffle=True, seed=1).repeat(1)]
+            for _ in range(1)]
+  stream = [int(y) for _, y in d._examples('train', shuffle=True, seed=1).repeat(2)]
+  assert len(stream) == 32 and sorted(stream[:16]) == sorted(stream[16:])
+  assert stream[:16] != stream[16:] and epochs[0] == stream[:16]
+
+
 def test_image_folder_fail_mode_names_the_file(tmp_path):
   root = _image_folder(tmp_path)
   with pytest.raises(UserError, match='broken.jpg'):
