@@ -251,8 +251,9 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
 
   predictor: 'none', 'mlp' (hidden predictor_hidden -> projector_dim) or 'linear'.
     Defaults per method when left 'none': byol/simsiam 'mlp', linear_byol 'linear'.
-  use_target: EMA target network on/off; None means the method's default (on for minc, byol,
-    linear_byol; off for the rest). MINC without a target uses sg(online outputs).
+  use_target: EMA target network on/off; None means the method's default (on for byol and
+    linear_byol; off for the rest, MINC included: measured best, docs/method.md). MINC without a
+    target uses sg(online outputs).
   mu: output scale control, radial clip ||z|| <= sqrt(mu) (MINC, Spectral); None disables it.
   summary_decay: EMA decay of MINC's second-moment summary; 0 uses the current batch only.
   summary_source: 'target' or 'online' outputs feed the summary; summary_centered subtracts
@@ -269,7 +270,8 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   if predictor == 'none':
     predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
   if use_target is None:
-    use_target = method in ('minc', 'byol', 'linear_byol')
+    # MINC without a target measured best in the ablation (docs/method.md).
+    use_target = method in ('byol', 'linear_byol')
 
   def online_and_target(prefix):
     encoder = networks.build_encoder(image_shape, sync_bn=sync_bn, name=f'{prefix}encoder')

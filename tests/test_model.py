@@ -78,7 +78,7 @@ def test_mirrored_training_equals_single_device(mirrored, method):
 
 
 def test_summary_is_bias_corrected_ema_of_target_second_moment():
-  m = tiny_model('minc', summary_decay=0.9)
+  m = tiny_model('minc', summary_decay=0.9, use_target=True)
   compile_model(m, lr=0.0)  # weights stay put: the target outputs are reproducible.
   data = batches(n=16, count=2)
   expected = np.zeros((8, 8))
@@ -133,7 +133,7 @@ def test_mixed_bfloat16_step_is_close_to_float32():
   for policy in ('float32', 'mixed_bfloat16'):
     keras.mixed_precision.set_global_policy(policy)
     try:
-      m = tiny_model('minc')
+      m = tiny_model('minc', use_target=True)
       compile_model(m, lr=0.0)
       losses_by_policy[policy] = m.fit(dataset(data), epochs=1, verbose=0).history['ssl_loss'][0]
       assert m.summary.dtype == 'float32'
@@ -162,3 +162,12 @@ def test_views_made_inside_the_train_step_compile_with_xla():
   crops = [((np.clip(x1, 0, 1), np.clip(x2, 0, 1)), y) for (x1, x2), y in batches()]
   history = m.fit(dataset(crops), epochs=1, verbose=0)
   assert np.isfinite(history.history['loss'][-1]) and m.optimizer.iterations.numpy() == 2
+
+
+def test_method_defaults_for_target_and_predictor():
+  assert tiny_model('minc').target_encoder is None  # the ablation's best MINC variant
+  assert tiny_model('minc').predictor is None
+  assert tiny_model('byol').target_encoder is not None and tiny_model('byol').predictor
+  assert tiny_model('simsiam').target_encoder is None and tiny_model('simsiam').predictor
+  linear = tiny_model('linear_byol').predictor
+  assert len([l for l in linear.layers if isinstance(l, keras.layers.Dense)]) == 1

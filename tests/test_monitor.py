@@ -25,7 +25,7 @@ def read_tags(directory):
 
 
 def test_expected_tags_are_written(tmp_path):
-  m = tiny_model('minc')
+  m = tiny_model('minc', use_target=True)
   compile_model(m, lr=0.01)
   (v1, v2), _ = batches(n=4, count=1)[0]
   cb = monitor.Monitor(str(tmp_path), global_batch_size=16, every_steps=1,
