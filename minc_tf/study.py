@@ -84,9 +84,16 @@ def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pre
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), batch_sizes=(64, 128, 256, 512), table_path=None,
               baselines_once=True, pretrain_steps=200, num_batches=16, variants=None):
-  """Runs every variant of study `name` ('ablation' or 'batch_sweep') and writes the table."""
+  """Runs every variant of study `name` ('ablation', 'batch_sweep' or 'variance') and writes
+  the table. `variants` ({label: [bindings]}) replaces the study's own list."""
   from minc_tf import config
   from minc_tf import train
+  if name == 'variance':
+    rows = _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes,
+                           pretrain_steps, num_batches)
+    _write_variance(model_dir, rows, table_path)
+    return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']}",
+             'probe_top1': r['noise_to_signal']} for r in rows]
   if variants is None:
     variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
   variants = {label: list(b) for label, b in variants.items()}
