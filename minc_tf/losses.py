@@ -165,9 +165,12 @@ def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False):
   def view_terms(z, t):
     t = tf.stop_gradient(t)
     align = -2.0 * tf.reduce_sum(z * t, axis=-1)
-    value = align + tf.reduce_sum(tf.matmul(z, summary) * z, axis=-1)
-    # (M' z_i)_a = sum_b M'_ab z_ib, i.e. the rows of z @ M'^T.
-    pull = tf.stop_gradient(tf.matmul(z, m_grad, transpose_b=True))
+    zm = tf.matmul(z, summary)
+    value = align + tf.reduce_sum(zm * z, axis=-1)
+    # (M' z_i)_a = sum_b M'_ab z_ib, i.e. the rows of z @ M'^T; for M' = M (symmetric) that is
+    # z @ M again, so the product is reused rather than computed twice.
+    pull = tf.stop_gradient(
+        tf.matmul(z, m_grad, transpose_b=True) if lower_triangular else zm)
     return value, align + 2.0 * tf.reduce_sum(z * pull, axis=-1)
 
   v1, s1 = view_terms(z1, t2)

@@ -102,7 +102,7 @@ class SSLModel(keras.Model):
     """Encoder features (what the probe and the exported model see)."""
     return self.encoder(images, training=training)
 
-  def build_all(self, image_shape):
+  def build_all(self):
     """Creates every variable (probe, optimizer slots need shapes before a checkpoint loads)."""
     if self.probe is not None:
       self.probe.build((None, self.encoder.output_shape[-1]))
@@ -295,5 +295,5 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
                    summary_decay=summary_decay, summary_source=summary_source,
                    summary_centered=summary_centered, lower_triangular=lower_triangular,
                    tau_base=tau_base, total_steps=total_steps)
-  model.build_all(image_shape)
+  model.build_all()
   return model

@@ -136,7 +136,7 @@ def _write(model_dir, name, rows, table_path, operative):
   tf.io.gfile.makedirs(model_dir)
   with tf.io.gfile.GFile(os.path.join(model_dir, f'{name}.json'), 'w') as f:
     json.dump(rows, f, indent=2)
-  lines = [f'| variant | probe top-1 | kNN top-1 | feature eff. rank | final loss | '
+  lines = ['| variant | probe top-1 | kNN top-1 | feature eff. rank | final loss | '
            'pretrain s | images/s |', '|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(f"| {r['variant']} | {r.get('probe_top1', float('nan')):.2f} | "

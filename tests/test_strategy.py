@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from minc_tf import strategy as strategy_lib
 from minc_tf.errors import UserError
