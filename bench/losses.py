@@ -1,10 +1,12 @@
 """Time per call (forward + backward) of the MINC and Spectral Contrastive losses.
 
-  python bench/losses.py [--batches 256 1024 4096] [--dims 256 2048] [--repeats 5]
+  python bench/losses.py [--batches 256 1024 4096] [--dims 256 2048] [--repeats 5] [--jit]
 
-MINC's cost is O(B k^2) (the summary update and z M), Spectral's O(B^2 k) (all pairs), so MINC
-grows linearly in the batch. Both are timed side by side in one run; compare the ratios, not the
-absolute times, on a shared machine.
+MINC's cost is O(B k^2) (z M, and the summary update t^T t), Spectral's O(B^2 k) (all pairs), so
+MINC grows linearly in the batch. Three calls are timed side by side in one run: the MINC loss
+(`losses.minc_loss`, the summary given, as the model holds it), the MINC loss with the summary
+update of the same step (`batch_second_moment`, what a MINC train step adds in all), and the
+Spectral loss. Compare the ratios, not the absolute times, on a shared machine.
 """
 
 import argparse
@@ -21,13 +23,16 @@ import tensorflow as tf  # noqa: E402
 from minc_tf import losses  # noqa: E402
 
 
-def make_step(name):
-  @tf.function(jit_compile=False)
-  def step(z1, z2, t1, t2):
+def make_step(name, jit):
+  @tf.function(jit_compile=jit)
+  def step(z1, z2, t1, t2, summary):
     with tf.GradientTape() as tape:
       tape.watch([z1, z2])
       if name == 'minc':
-        # What the model does per step: summary from this batch, then the loss.
+        # The summary as model state (a constant of the step).
+        loss = losses.minc_loss(z1, z2, t1, t2, summary)
+      elif name == 'minc+summary':
+        # What the model does per step: the summary's batch moment, then the loss.
         m = losses.batch_second_moment(t1, t2)
         loss = losses.minc_loss(z1, z2, t1, t2, m)
       else:
@@ -52,24 +57,29 @@ def main():
   parser.add_argument('--batches', type=int, nargs='+', default=[256, 1024, 4096])
   parser.add_argument('--dims', type=int, nargs='+', default=[256, 2048])
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--jit', action='store_true', help='XLA-compile each call (as on TPU)')
   args = parser.parse_args()
-  steps = {name: make_step(name) for name in ('minc', 'spectral')}
-  print(f'{"B":>6} {"k":>6} {"MINC ms":>10} {"Spectral ms":>12} {"Spectral/MINC":>14}')
+  names = ('minc', 'minc+summary', 'spectral')
+  steps = {name: make_step(name, args.jit) for name in names}
+  print(f'jit_compile={args.jit}; ms per forward+backward call (best of {args.repeats})')
+  print(f'{"B":>6} {"k":>6} {"MINC":>9} {"MINC+summ.":>11} {"Spectral":>10} '
+        f'{"Spec/MINC":>10} {"Spec/(MINC+summ.)":>18}')
   rows = []
   for k in args.dims:
     for b in args.batches:
       z = [tf.random.normal([b, k]) * 0.1 for _ in range(4)]
-      t_minc = time_call(steps['minc'], z, args.repeats)
-      t_spec = time_call(steps['spectral'], z, args.repeats)
-      rows.append((b, k, t_minc, t_spec))
-      print(f'{b:>6} {k:>6} {1e3 * t_minc:>10.2f} {1e3 * t_spec:>12.2f} {t_spec / t_minc:>14.1f}',
-            flush=True)
+      summary = losses.batch_second_moment(z[2], z[3])
+      t = [time_call(steps[name], z + [summary], args.repeats) for name in names]
+      rows.append((b, k, *t))
+      print(f'{b:>6} {k:>6} {1e3 * t[0]:>9.2f} {1e3 * t[1]:>11.2f} {1e3 * t[2]:>10.2f} '
+            f'{t[2] / t[0]:>10.1f} {t[2] / t[1]:>18.1f}', flush=True)
   print('\nGrowth with B (time at B / time at the smallest B):')
   for k in args.dims:
     sub = [r for r in rows if r[1] == k]
     b0 = sub[0]
-    for b, _, tm, ts in sub[1:]:
-      print(f'  k={k} B={b} (x{b // b0[0]}): MINC x{tm / b0[2]:.1f}, Spectral x{ts / b0[3]:.1f}')
+    for b, _, tm, tms, ts in sub[1:]:
+      print(f'  k={k} B={b} (x{b // b0[0]}): MINC x{tm / b0[2]:.1f}, MINC+summary '
+            f'x{tms / b0[3]:.1f}, Spectral x{ts / b0[4]:.1f}')
 
 
 if __name__ == '__main__':

@@ -202,6 +202,37 @@ class ImageData:
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
+  def linear_eval_dataset(self, batch_size, seed=None, crop_area=(0.08, 1.0), flip=True):
+    """Infinite (image, label) batches of training images for offline linear evaluation: the
+    BYOL protocol's view (random resized crop, area U(crop_area), and a horizontal flip; no
+    colour), normalised. Reproducible with a seed, like pretrain_dataset."""
+    crop, _, _ = augment.view_transforms(self.image_shape[0], crop_area=crop_area)
+    if seed is None:
+      seed = int(np.random.default_rng().integers(2 ** 31))
+    base = tf.constant([seed, 1 << 20], tf.int64)  # a stream apart from pretraining's
+
+    def one_view(index, example):
+      image, label = example
+      rng = augment.Rng(tf.random.experimental.stateless_fold_in(base, index))
+      if self.encoded:
+        image = crop(self._decode_crop(image, lambda h, w: crop.window(h, w, rng)), rng,
+                     cropped=True)
+      else:
+        image = crop(image, rng)
+      if flip:
+        image = tf.cond(rng.uniform() < 0.5, lambda: tf.image.flip_left_right(image),
+                        lambda: image)
+      image = augment.normalize(image, self.mean, self.std)
+      image.set_shape(self.image_shape)
+      return image, label
+
+    ds = self._examples(self.train_split, shuffle=True, seed=seed)
+    if self._builder is not None:
+      ds = ds.shuffle(10 * batch_size, seed=seed)
+    ds = ds.repeat().enumerate().map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(deterministic=True))
+
   def arrays(self, split):
     """(images uint8, labels) for in-memory sources, else None."""
     return None if self._arrays is None else self._arrays[split]

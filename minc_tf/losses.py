@@ -119,7 +119,7 @@ def batch_second_moment(t1, t2, centered=False):
 # --- The losses --------------------------------------------------------------------------------------
 
 
-def spectral_contrastive_loss(z1, z2, mu=1.0):
+def spectral_contrastive_loss(z1, z2, mu=1.0, return_terms=False):
   """Spectral Contrastive loss (HaoChen et al. 2021), as its authors' code computes it.
 
   z <- radial_clip(z, mu), then
@@ -141,10 +141,18 @@ def spectral_contrastive_loss(z1, z2, mu=1.0):
   sums = cross_replica_sum(tf.stack([tf.reduce_sum(z1 * z2),
                                      tf.reduce_sum(tf.square(dots) * (1.0 - diag))]))
   mu = 1.0 if mu is None else mu
-  return (-2.0 * sums[0] / n + sums[1] / (n * (n - 1.0))) / mu
+  attract = -2.0 * sums[0] / n / mu
+  repel = sums[1] / (n * (n - 1.0)) / mu
+  loss = attract + repel
+  return (loss, _terms(attract, repel)) if return_terms else loss
 
 
-def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False):
+def _terms(attract, repel):
+  """The two terms of a loss, as constants (monitoring only)."""
+  return {'attract': tf.stop_gradient(attract), 'repel': tf.stop_gradient(repel)}
+
+
+def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False, return_terms=False):
   """MINC: the Spectral Contrastive objective with the pairwise term replaced by a summary.
 
   z: online outputs; t: target outputs; M = `summary` (k x k). t and M are constants.
@@ -155,31 +163,46 @@ def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False):
     lower_triangular=True: the Generalized Hebbian (Sanger) form, in which feature a is
     normalised only against features b <= a, so features come out ordered by eigenvalue.
 
-  The gradient is that of the surrogate mean_i[-2 z.t + 2 z.sg(M' z)], the value that of the
-  objective above; for a symmetric M and M' = M the two coincide. See docs/method.md for why this
-  is the Spectral Contrastive loss with E_j[(z_i.z_j)^2] = z_i^T C z_i (derived, not published).
+  The gradient is computed in closed form (a custom gradient) from the product z M that the
+  value needs anyway, so a call costs two B.k^2 products (one with M' = tril(M)) and a few
+  element-wise passes; autodiff of the value would add a product and a dozen passes over [B, k].
+  See docs/method.md for why this is the Spectral Contrastive loss with E_j[(z_i.z_j)^2] =
+  z_i^T C z_i (derived, not published).
+
+  return_terms=True returns (L, terms): terms['attract'] = -2 mean_i(z1_i.t2_i + z2_i.t1_i), the
+  alignment term, and terms['repel'] = mean_i(z1_i^T M z1_i + z2_i^T M z2_i).
   """
   summary = tf.stop_gradient(tf.cast(summary, z1.dtype))
-  m_grad = tf.linalg.band_part(summary, -1, 0) if lower_triangular else summary
+  m_pull = tf.linalg.band_part(summary, -1, 0) if lower_triangular else None
 
-  def view_terms(z, t):
+  def view_rows(z, t):
     t = tf.stop_gradient(t)
-    align = -2.0 * tf.reduce_sum(z * t, axis=-1)
-    zm = tf.matmul(z, summary)
-    value = align + tf.reduce_sum(zm * z, axis=-1)
-    # (M' z_i)_a = sum_b M'_ab z_ib, i.e. the rows of z @ M'^T; for M' = M (symmetric) that is
-    # z @ M again, so the product is reused rather than computed twice.
-    pull = tf.stop_gradient(
-        tf.matmul(z, m_grad, transpose_b=True) if lower_triangular else zm)
-    return value, align + 2.0 * tf.reduce_sum(z * pull, axis=-1)
 
-  v1, s1 = view_terms(z1, t2)
-  v2, s2 = view_terms(z2, t1)
-  value, surrogate = global_means(v1 + v2, s1 + s2)
-  return surrogate + tf.stop_gradient(value - surrogate)
+    @tf.custom_gradient
+    def rows(z):
+      zm = tf.matmul(z, summary)
+      value = tf.reduce_sum(z * (zm - 2.0 * t), axis=-1)      # z^T M z - 2 z.t per row
+
+      def grad(upstream):
+        # (M' z_i)_a = sum_b M'_ab z_ib, the rows of z @ M'^T; for M' = M (symmetric) that is
+        # the z @ M of the value, reused.
+        pull = tf.matmul(z, m_pull, transpose_b=True) if lower_triangular else zm
+        return 2.0 * upstream[:, None] * (pull - t)
+
+      return value, grad
+
+    return rows(z)
+
+  rows = view_rows(z1, t2) + view_rows(z2, t1)
+  if not return_terms:
+    # Cross-replica: the mean over the global batch (one all-reduce of [sum, count]).
+    return global_means(rows)
+  align = -2.0 * tf.stop_gradient(tf.reduce_sum(z1 * t2, -1) + tf.reduce_sum(z2 * t1, -1))
+  loss, attract = global_means(rows, align)  # both sums in the one all-reduce
+  return loss, _terms(attract, loss - attract)
 
 
-def simclr_loss(z1, z2, temperature=0.1):
+def simclr_loss(z1, z2, temperature=0.1, return_terms=False):
   """NT-Xent (SimCLR) with l2-normalised rows and negatives from the global batch.
 
   With u the 2N normalised rows of both views and s_ab = u_a . u_b / temperature,
@@ -188,6 +211,9 @@ def simclr_loss(z1, z2, temperature=0.1):
 
   Cross-replica: local anchors are scored against the global keys (both views concatenated over
   replicas), and the per-anchor losses are averaged over the global batch.
+
+  return_terms=True returns (L, terms): terms['attract'] = -mean_a s_a,pos(a) and terms['repel']
+  = mean_a log sum_{b != a} exp(s_ab) (Wang & Isola's alignment and uniformity parts).
   """
   u1 = tf.math.l2_normalize(z1, axis=-1)
   u2 = tf.math.l2_normalize(z2, axis=-1)
@@ -207,7 +233,11 @@ def simclr_loss(z1, z2, temperature=0.1):
 
   per_row = tf.concat([anchor_losses(u1, self_mask, self_mask_2),
                        anchor_losses(u2, self_mask_2, self_mask)], axis=0)
-  return global_means(per_row)
+  if not return_terms:
+    return global_means(per_row)
+  pos = tf.stop_gradient(tf.reduce_sum(u1 * u2, -1)) / temperature
+  loss, attract = global_means(per_row, -tf.concat([pos, pos], axis=0))
+  return loss, _terms(attract, loss - attract)
 
 
 def byol_loss(p1, p2, t1, t2):

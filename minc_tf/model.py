@@ -90,10 +90,15 @@ class SSLModel(keras.Model):
     self.probe_loss_tracker = keras.metrics.Mean(name='probe_loss')
     self.probe_acc = keras.metrics.SparseCategoricalAccuracy(name='probe_acc')
     self.feature_std = keras.metrics.Mean(name='feature_std')
+    # The loss split into its alignment (attract) and uniformity / normalisation (repel) terms;
+    # BYOL-type losses have a single term.
+    self.term_trackers = {} if method in ('byol', 'linear_byol', 'simsiam') else {
+        name: keras.metrics.Mean(name=f'loss_{name}') for name in ('attract', 'repel')}
 
   @property
   def metrics(self):
     m = [self.loss_tracker, self.ssl_loss_tracker, self.feature_std]
+    m += list(self.term_trackers.values())
     if self.probe is not None:
       m += [self.probe_loss_tracker, self.probe_acc]
     return m
@@ -149,7 +154,10 @@ class SSLModel(keras.Model):
     return self.summary / (1.0 - tf.pow(decay, self.summary_steps)) if decay > 0 else self.summary
 
   def compute_ssl_loss(self, x1, x2, training=True, update_summary=True):
-    """The method's loss on one (local) batch of view pairs; global under a strategy."""
+    """The method's loss on one (local) batch of view pairs; global under a strategy.
+
+    Returns (loss, features of view 1, projections of view 1, {term name: value}).
+    """
     n = tf.shape(x1)[0]
     h, z, q = self._online(tf.concat([x1, x2], axis=0), training)
     h1 = h[:n]
@@ -157,10 +165,11 @@ class SSLModel(keras.Model):
     q = tf.cast(q, tf.float32)
     z1, z2 = z[:n], z[n:]
     q1, q2 = q[:n], q[n:]
+    terms = {}
     if self.method == 'spectral':
-      loss = losses.spectral_contrastive_loss(z1, z2, mu=self.mu)
+      loss, terms = losses.spectral_contrastive_loss(z1, z2, mu=self.mu, return_terms=True)
     elif self.method == 'simclr':
-      loss = losses.simclr_loss(z1, z2, temperature=self.temperature)
+      loss, terms = losses.simclr_loss(z1, z2, temperature=self.temperature, return_terms=True)
     else:
       t = tf.cast(self._target(tf.concat([x1, x2], axis=0), z), tf.float32)
       if self.method == 'minc':
@@ -171,12 +180,15 @@ class SSLModel(keras.Model):
         src = t if self.summary_source == 'target' else tf.stop_gradient(
             losses.radial_clip(z, self.mu))
         m = self._summary_matrix(src[:n], src[n:], update=update_summary)
-        loss = losses.minc_loss(q[:n], q[n:], t[:n], t[n:], m,
-                                lower_triangular=self.lower_triangular)
-        loss /= 1.0 if self.mu is None else self.mu
+        loss, terms = losses.minc_loss(q[:n], q[n:], t[:n], t[n:], m,
+                                       lower_triangular=self.lower_triangular,
+                                       return_terms=True)
+        scale = 1.0 if self.mu is None else self.mu
+        loss /= scale
+        terms = {name: v / scale for name, v in terms.items()}
       else:
         loss = losses.byol_loss(q1, q2, t[:n], t[n:])
-    return loss, h1, z1
+    return loss, h1, z1, terms
 
   # --- Keras hooks -----------------------------------------------------------------------------
 
@@ -189,7 +201,7 @@ class SSLModel(keras.Model):
                        tf.cast(replica, tf.int64)])
       x1, x2 = self.device_views(x1, x2, seed)
     with tf.GradientTape() as tape:
-      ssl_loss, h1, z1 = self.compute_ssl_loss(x1, x2, training=True)
+      ssl_loss, h1, z1, terms = self.compute_ssl_loss(x1, x2, training=True)
       total = ssl_loss
       if self.probe is not None:
         probe_loss, logits = self._probe_loss(h1, labels)
@@ -202,6 +214,8 @@ class SSLModel(keras.Model):
     self._update_target()
     self.loss_tracker.update_state(total)
     self.ssl_loss_tracker.update_state(ssl_loss)
+    for name, value in terms.items():
+      self.term_trackers[name].update_state(value)
     self.feature_std.update_state(
         tf.reduce_mean(tf.math.reduce_std(tf.math.l2_normalize(z1, axis=-1), axis=0)))
     if self.probe is not None:

@@ -1,11 +1,17 @@
 """TensorBoard monitoring beyond Keras' own callback: what tells a run is healthy.
 
 Scalars every `every_steps` steps: learning rate, target tau, images/s, and for MINC the
-effective rank and leading eigenvalues of the summary matrix; at the start, a few augmented view
-pairs as images and the operative gin config as text; weight histograms each epoch. Keras'
-TensorBoard callback writes the losses and probe accuracy beside these.
+effective rank and leading eigenvalues of the summary matrix; every `rank_every_steps` steps the
+effective rank of the encoder's features on a fixed batch of evaluation images (collapse shows
+as a falling rank); at the start, a few augmented view pairs as images and the operative gin
+config as text; weight histograms each epoch. Keras' TensorBoard callback writes the losses
+(and their attract / repel terms) and the online probe accuracy beside these.
+
+The same scalars go to a curves file (JSON, rewritten atomically at each epoch end and kept
+across a resumed run) from which plots.py draws the run's PNG.
 """
 
+import json
 import os
 import time
 
@@ -14,6 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import model as model_lib
+
+
+def feature_effective_rank(features):
+  """Effective rank of a [n, d] feature matrix: of the singular values of the centred matrix."""
+  f = np.asarray(features, np.float64)
+  return effective_rank(np.linalg.svd(f - f.mean(0, keepdims=True), compute_uv=False))
 
 
 def effective_rank(eigenvalues):
@@ -40,8 +52,13 @@ class Monitor(keras.callbacks.Callback):
   """Writes the extra TensorBoard summaries to <log_dir>/monitor."""
 
   def __init__(self, log_dir, global_batch_size, every_steps=100, view_pairs=None,
-               config_text=None, histograms=True, num_eigenvalues=8):
+               config_text=None, histograms=True, num_eigenvalues=8, rank_images=None,
+               rank_every_steps=None, curves_path=None):
     super().__init__()
+    self._rank_images = rank_images
+    self._rank_every = rank_every_steps
+    self._curves_path = curves_path
+    self.curves = {}  # name -> [[step, value], ...]
     self._writer = tf.summary.create_file_writer(os.path.join(log_dir, 'monitor'))
     self._batch = global_batch_size
     self._every = max(int(every_steps), 1)
@@ -54,9 +71,40 @@ class Monitor(keras.callbacks.Callback):
   def _step(self):
     return int(self.model.optimizer.iterations.numpy())
 
+  def _record(self, name, step, value):
+    value = float(np.asarray(value).reshape(-1)[0])  # multi-worker logs carry a leading axis
+    self.curves.setdefault(name, []).append([step, value])
+    tf.summary.scalar(name, value)
+
+  def _load_curves(self, step):
+    """The curves of earlier runs in this model dir, up to the step this run resumes from."""
+    if not self._curves_path or not tf.io.gfile.exists(self._curves_path):
+      return {}
+    with tf.io.gfile.GFile(self._curves_path) as f:
+      old = json.load(f)
+    return {k: [p for p in v if p[0] <= step] for k, v in old.items()}
+
+  def save_curves(self):
+    if not self._curves_path:
+      return
+    tmp = self._curves_path + '.tmp'
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+      json.dump(self.curves, f)
+    tf.io.gfile.rename(tmp, self._curves_path, overwrite=True)
+
+  def _feature_rank(self, step):
+    if self._rank_images is None:
+      return
+    feats = [np.asarray(self.model.encoder(self._rank_images[i:i + 256], training=False))
+             for i in range(0, len(self._rank_images), 256)]
+    self._record('feature_effective_rank', step, feature_effective_rank(np.concatenate(feats)))
+
   def on_train_begin(self, logs=None):
     step = self._step()
+    self.curves = self._load_curves(step)
     with self._writer.as_default(step=step):
+      if not self.curves.get('feature_effective_rank'):
+        self._feature_rank(step)
       if self._config_text:
         tf.summary.text('gin_config', '```\n' + self._config_text + '\n```')
       if self._view_pairs is not None:
@@ -70,19 +118,24 @@ class Monitor(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
+    if self._rank_every and step % self._rank_every == 0:
+      with self._writer.as_default(step=step):
+        self._feature_rank(step)
     if step % self._every:
       return
     model = self.model
     now = time.time()
     with self._writer.as_default(step=step):
-      lr = model.optimizer.learning_rate
-      tf.summary.scalar('learning_rate', float(np.asarray(lr)))
+      for name, value in (logs or {}).items():  # running means over the epoch so far
+        self.curves.setdefault(f'train/{name}', []).append(
+            [step, float(np.asarray(value).reshape(-1)[0])])
+      self._record('learning_rate', step, np.asarray(model.optimizer.learning_rate))
       if model.target_encoder is not None:
-        tf.summary.scalar('target_tau', float(model_lib.target_tau(
+        self._record('target_tau', step, float(model_lib.target_tau(
             step, model.total_steps, model.tau_base)))
       if self._last is not None and step > self._last[1]:
-        tf.summary.scalar('images_per_s', (step - self._last[1]) * self._batch /
-                          max(now - self._last[0], 1e-9))
+        self._record('images_per_s', step, (step - self._last[1]) * self._batch /
+                     max(now - self._last[0], 1e-9))
       summary = model.summary.numpy().astype(np.float64)
       # A NaN step is the guard's to report; its summary has no spectrum.
       if (model.method == 'minc' and float(model.summary_steps.numpy()) > 0 and
@@ -91,18 +144,27 @@ class Monitor(keras.callbacks.Callback):
         if decay > 0:
           summary /= 1.0 - decay ** float(model.summary_steps.numpy())
         eig = np.sort(np.linalg.eigvalsh((summary + summary.T) / 2))[::-1]
-        tf.summary.scalar('summary/effective_rank', effective_rank(eig))
+        self._record('summary/effective_rank', step, effective_rank(eig))
         for i, value in enumerate(eig[:self._num_eig]):
           tf.summary.scalar(f'summary/eigenvalue_{i}', float(value))
     self._last = (now, step)
 
   def on_epoch_end(self, epoch, logs=None):
+    step = self._step()
+    for name, value in (logs or {}).items():
+      self.curves.setdefault(f'epoch/{name}', []).append(
+          [step, float(np.asarray(value).reshape(-1)[0])])
+    if not self._rank_every:
+      with self._writer.as_default(step=step):
+        self._feature_rank(step)
+    self.save_curves()
     if not self._histograms:
       return
-    with self._writer.as_default(step=self._step()):
+    with self._writer.as_default(step=step):
       for w in self.model.encoder.trainable_weights + self.model.projector.trainable_weights:
         tf.summary.histogram(w.path, w.numpy())
     self._writer.flush()
 
   def on_train_end(self, logs=None):
+    self.save_curves()
     self._writer.flush()

@@ -16,6 +16,8 @@ import gin
 import keras
 import tensorflow as tf
 
+from minc_tf import plots
+
 # Variants of MINC's open choices (docs/method.md), each a list of gin bindings.
 ABLATION = {
     'default (decay 0.99, EMA target, full M)': [],
@@ -41,7 +43,7 @@ def gradient_noise_to_signal(model, dataset, num_batches):
   grads = []
   for (x1, x2), _ in dataset.take(num_batches):
     with tf.GradientTape() as tape:
-      loss, _, _ = model.compute_ssl_loss(x1, x2, training=True, update_summary=False)
+      loss, _, _, _ = model.compute_ssl_loss(x1, x2, training=True, update_summary=False)
     grads.append(tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, variables)], 0))
   g = tf.stack(grads).numpy().astype('float64')
   mean = g.mean(axis=0)
@@ -156,3 +158,4 @@ def _write(model_dir, name, rows, table_path, operative):
   for path in filter(None, [os.path.join(model_dir, f'{name}.md'), table_path]):
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(text)
+    plots.plot_study(rows, os.path.splitext(path)[0] + '.png', title=f'study: {name}')

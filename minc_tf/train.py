@@ -24,6 +24,7 @@ from minc_tf import model as model_lib
 from minc_tf import monitor
 from minc_tf import networks
 from minc_tf import optim
+from minc_tf import plots
 from minc_tf.errors import UserError
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
@@ -61,7 +62,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
-        knn=True, tensorboard_update_freq=100, checkpoint_every_steps=1000, keep_checkpoints=3):
+        knn=True, offline_linear_eval=False, tensorboard_update_freq=100, feature_rank_every_steps=None,
+        feature_rank_images=1024, checkpoint_every_steps=1000, keep_checkpoints=3):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -80,6 +82,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
+  offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
+    offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1'.
+  feature_rank_every_steps / feature_rank_images: the effective rank of the encoder's features
+    on that many test images is logged every so many steps (None: at each epoch end), to
+    TensorBoard and to <model_dir>/curves.json, which training.png plots.
   checkpoint_every_steps / keep_checkpoints: training-state checkpoints in <model_dir>/checkpoints
     (also at each epoch end and on SIGTERM); a rerun resumes from the newest loadable one.
   """
@@ -135,13 +142,20 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
 
     guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
+    rank_images = None
+    if feature_rank_images:
+      rank_images = np.concatenate([x.numpy() for x, _ in data.eval_dataset(
+          data.eval_split, 256, limit=feature_rank_images)])
+    tb_dir = os.path.join(model_dir, 'tensorboard')
+    run_monitor = monitor.Monitor(tb_dir, global_batch_size, every_steps=tensorboard_update_freq,
+                                  view_pairs=(v1, v2), config_text=gin.config_str(),
+                                  rank_images=rank_images,
+                                  rank_every_steps=feature_rank_every_steps,
+                                  curves_path=os.path.join(model_dir, 'curves.json'))
     callbacks = [  # the guard first: no checkpoint is written after a NaN step.
         guard,
-        monitor.TensorBoard(os.path.join(model_dir, 'tensorboard'),
-                            update_freq=tensorboard_update_freq),
-        monitor.Monitor(os.path.join(model_dir, 'tensorboard'), global_batch_size,
-                        every_steps=tensorboard_update_freq, view_pairs=(v1, v2),
-                        config_text=gin.config_str()),
+        monitor.TensorBoard(tb_dir, update_freq=tensorboard_update_freq),
+        run_monitor,
     ]
     start = time.time()
     history = _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks,
@@ -159,6 +173,14 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                    images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
     if history is not None and history.history.get('loss'):
       results['final_loss'] = float(history.history['loss'][-1])
+      for name in ('loss_attract', 'loss_repel', 'probe_acc'):
+        if history.history.get(name):
+          results[f'final_{name}'] = float(history.history[name][-1])
+    ranks = run_monitor.curves.get('feature_effective_rank')
+    if ranks:
+      results['feature_effective_rank_curve'] = ranks
+    results['curves'] = 'curves.json'
+
     if guard.preempted:
       results['preempted'] = True
       logging.warning('SIGTERM: checkpoint saved at step %d; rerun the same command to resume.',
@@ -179,6 +201,16 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if mode in ('eval', 'train_and_eval'):
     results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
                                      eval_test_examples, baselines, knn))
+    if offline_linear_eval:
+      start = time.time()
+      results['linear_eval_top1'] = evaluate.offline_linear_eval(model.encoder, data, strategy)
+      results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
+  if mode in ('train', 'train_and_eval'):
+    title = f'{model.method}, {data.name}, batch {global_batch_size}, {epochs} epochs'
+    if 'probe_top1' in results:
+      title += f": linear probe {results['probe_top1']:.2f}%"
+    if plots.plot_run(run_monitor.curves, os.path.join(model_dir, 'training.png'), title):
+      results['plot'] = 'training.png'
   _write_results(model_dir, results)
   return results
 
@@ -207,8 +239,10 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
 
 
 def _write_results(model_dir, results):
-  with tf.io.gfile.GFile(os.path.join(model_dir, 'results.json'), 'w') as f:
+  path = os.path.join(model_dir, 'results.json')
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
     json.dump(results, f, indent=2)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):

@@ -122,6 +122,28 @@ def test_simclr_value_and_grad():
   np.testing.assert_allclose(g1, numeric_grad(lambda a: np_simclr(a, z2, 0.2), z1), atol=1e-6)
 
 
+def test_loss_terms_are_the_attract_and_repel_parts():
+  z1, z2, t1, t2 = data()
+  a = RNG.normal(size=(4, 4))
+  m = a @ a.T / 4
+  n = len(z1)
+  c1, c2 = np_clip(z1, 30.0), np_clip(z2, 30.0)
+  u1, u2 = (z / np.linalg.norm(z, axis=1, keepdims=True) for z in (z1, z2))
+  cases = [  # (loss with terms, NumPy total, NumPy attract term)
+      (lambda: losses.spectral_contrastive_loss(tf.constant(z1), tf.constant(z2), 30.0, True),
+       np_spectral(z1, z2, 30.0), -2.0 / n * np.sum(c1 * c2) / 30.0),
+      (lambda: losses.minc_loss(*map(tf.constant, (z1, z2, t1, t2, m)), return_terms=True),
+       np_minc(z1, z2, t1, t2, m), -2.0 * np.mean(np.sum(z1 * t2 + z2 * t1, 1))),
+      (lambda: losses.simclr_loss(tf.constant(z1), tf.constant(z2), 0.2, return_terms=True),
+       np_simclr(z1, z2, 0.2), -np.mean(np.sum(u1 * u2, 1)) / 0.2),
+  ]
+  for fn, total, attract in cases:
+    loss, terms = fn()
+    np.testing.assert_allclose(loss.numpy(), total, rtol=1e-9)
+    np.testing.assert_allclose(terms['attract'].numpy(), attract, rtol=1e-9)
+    np.testing.assert_allclose(terms['repel'].numpy(), total - attract, rtol=1e-9, atol=1e-12)
+
+
 def test_byol_value_and_grad():
   p1, p2, t1, t2 = data()
   value, (g1, _, gt1, _) = tf_value_and_grad(losses.byol_loss, p1, p2, t1, t2)

@@ -1,6 +1,7 @@
 """monitor.py: effective rank, and the TensorBoard tags read back from the event files."""
 
 import glob
+import json
 import os
 
 import keras
@@ -29,12 +30,43 @@ def test_expected_tags_are_written(tmp_path):
   compile_model(m, lr=0.01)
   (v1, v2), _ = batches(n=4, count=1)[0]
   cb = monitor.Monitor(str(tmp_path), global_batch_size=16, every_steps=1,
-                       view_pairs=(v1, v2), config_text='run.epochs = 1')
+                       view_pairs=(v1, v2), config_text='run.epochs = 1', rank_images=v1,
+                       curves_path=str(tmp_path / 'curves.json'))
   tb = keras.callbacks.TensorBoard(str(tmp_path), update_freq=1)
   m.fit(dataset(batches(count=3)), epochs=1, verbose=0, callbacks=[cb, tb])
   tags = read_tags(str(tmp_path))
   for tag in ('learning_rate', 'target_tau', 'images_per_s', 'summary/effective_rank',
               'summary/eigenvalue_0', 'view_pairs', 'gin_config', 'epoch_loss',
-              'epoch_ssl_loss', 'epoch_probe_acc', 'epoch_feature_std'):
+              'epoch_ssl_loss', 'epoch_loss_attract', 'epoch_loss_repel', 'epoch_probe_acc',
+              'epoch_feature_std', 'feature_effective_rank'):
     assert tag in tags, (tag, sorted(tags))
   assert any(t.startswith('encoder/') or '/kernel' in t for t in tags)  # histograms
+
+
+def test_curves_file_holds_the_run_and_survives_a_resume(tmp_path):
+  m = tiny_model('minc')
+  compile_model(m, lr=0.01)
+  (v1, _), _ = batches(n=8, count=1)[0]
+  path = str(tmp_path / 'curves.json')
+
+  def fit(epochs, initial_epoch=0):
+    cb = monitor.Monitor(str(tmp_path), 16, every_steps=1, rank_images=v1, curves_path=path,
+                         histograms=False)
+    m.fit(dataset(batches(count=2)), epochs=epochs, initial_epoch=initial_epoch, verbose=0,
+          callbacks=[cb])
+    with open(path) as f:
+      return json.load(f)
+
+  first = fit(1)
+  assert [p[0] for p in first['feature_effective_rank']] == [0, 2]  # start and epoch end
+  assert [p[0] for p in first['train/ssl_loss']] == [1, 2]
+  attract = dict(first['train/loss_attract'])
+  repel = dict(first['train/loss_repel'])
+  for step, loss in first['train/ssl_loss']:
+    np.testing.assert_allclose(attract[step] + repel[step], loss, rtol=1e-5)
+  # The optimizer's step continues (2 -> 4); the curves keep the first run's points.
+  second = fit(2, initial_epoch=1)
+  assert [p[0] for p in second['train/ssl_loss']] == [1, 2, 3, 4]
+  assert [p[0] for p in second['feature_effective_rank']] == [0, 2, 4]
+  ranks = [v for _, v in second['feature_effective_rank']]
+  assert all(1.0 <= r <= v1.shape[0] for r in ranks)

@@ -1,0 +1,98 @@
+"""evaluate.py: kNN against a NumPy reference, the feature probe, and the BYOL offline linear
+evaluation (frozen encoder, SGD Nesterov, augmented training view) on a tiny image set."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from minc_tf import data as data_lib
+from minc_tf import evaluate
+
+
+def np_knn(train_x, train_y, test_x, num_classes, k, temperature):
+  a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+  b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+  preds = []
+  for q in b:
+    sim = a @ q
+    top = np.argsort(-sim)[:k]
+    votes = np.zeros(num_classes)
+    for j in top:
+      votes[train_y[j]] += np.exp(sim[j] / temperature)
+    preds.append(np.argmax(votes))
+  return np.array(preds)
+
+
+def test_knn_matches_numpy_weighted_vote():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 8))
+  train_y = rng.integers(0, 4, 300)
+  test_y = rng.integers(0, 4, 120)
+  train_x = (centres[train_y] + 1.2 * rng.normal(size=(300, 8))).astype(np.float32)
+  test_x = (centres[test_y] + 1.2 * rng.normal(size=(120, 8))).astype(np.float32)
+  expected = 100.0 * np.mean(np_knn(train_x, train_y, test_x, 4, 20, 0.1) == test_y)
+  got = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, 4, k=20, temperature=0.1,
+                              chunk=50)  # chunks must not change the answer
+  assert got == pytest.approx(expected, abs=1e-9)
+  assert 40.0 < got < 100.0  # the data is neither trivial nor hopeless
+
+
+def test_linear_probe_separates_separable_data_and_not_random_labels():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(1000, 10)).astype(np.float32)
+  score = x[:, 0] + 0.5 * x[:, 3]
+  x = x[np.abs(score) > 0.3][:600]  # a margin: separable with room to spare
+  y = (x[:, 0] + 0.5 * x[:, 3] > 0).astype(np.int64)
+  # batch 50: 8 steps an epoch (the default 1024 suits 60k examples, not 400).
+  assert evaluate.linear_probe(x[:400], y[:400], x[400:], y[400:], 2, batch_size=50) >= 97.0
+  noise = rng.integers(0, 2, 600)
+  assert evaluate.linear_probe(x[:400], noise[:400], x[400:], noise[400:], 2,
+                               batch_size=50) <= 65.0
+
+
+def brightness_data(n_train=256, n_test=128, size=8):
+  """Two classes told apart only by brightness, which crops and flips keep."""
+  rng = np.random.default_rng(2)
+
+  def split(n):
+    y = rng.integers(0, 2, n)
+    level = np.where(y == 1, 170.0, 80.0)[:, None, None, None]
+    x = np.clip(level + 25.0 * rng.normal(size=(n, size, size, 1)), 0, 255).astype(np.uint8)
+    return x, y.astype(np.int64)
+
+  return data_lib.ImageData('bright', size, 1, 2, n_train, (0.5,), (0.25,),
+                            arrays={'train': split(n_train), 'test': split(n_test)},
+                            eval_split='test')
+
+
+def small_encoder():
+  keras.utils.set_random_seed(0)
+  return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding='same'),
+                           keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                           keras.layers.GlobalAveragePooling2D()])
+
+
+@pytest.mark.parametrize('distributed', [False, True])
+def test_offline_linear_eval_learns_and_leaves_the_encoder_frozen(distributed, mirrored):
+  strategy = mirrored if distributed else tf.distribute.get_strategy()
+  data = brightness_data()
+  with strategy.scope():
+    encoder = small_encoder()
+  before = [w.numpy().copy() for w in encoder.weights]  # includes batch-norm statistics
+  top1 = evaluate.offline_linear_eval(encoder, data, strategy, epochs=6, batch_size=64,
+                                      base_learning_rate=0.5, seed=0)
+  assert top1 >= 90.0
+  for b, w in zip(before, encoder.weights):
+    np.testing.assert_array_equal(b, w.numpy())
+  assert encoder.trainable  # restored
+
+
+def test_linear_eval_views_are_crops_and_flips_of_training_images():
+  data = brightness_data()
+  (x, y), = data.linear_eval_dataset(32, seed=3).take(1)
+  assert x.shape == (32, 8, 8, 1) and x.dtype == tf.float32 and y.shape == (32,)
+  (x2, _), = data.linear_eval_dataset(32, seed=3).take(1)
+  np.testing.assert_array_equal(x.numpy(), x2.numpy())  # seeded: reproducible
+  raw = x.numpy() * 0.25 + 0.5  # undo the normalisation: back in [0, 1]
+  assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
