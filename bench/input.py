@@ -1,14 +1,17 @@
 """Two-view input throughput on real JPEGs: fused decode_and_crop vs decode-then-crop.
 
   pip install scikit-image   # only for its bundled photos
-  python bench/input.py [--files 64] [--size 224] [--seconds 10]
+  python bench/input.py [--files 64] [--size 224] [--seconds 10] [--sides 300 500]
 
 Makes JPEGs of ImageNet-like sizes (longest side 300-500 px) from scikit-image's real photos,
-then measures BYOL two-view pairs/s on one core (private thread pool of 1) for:
+then measures two-view pairs/s on one core (private thread pool of 1) for:
   fused:            two crop windows, each decoded alone with tf.image.decode_and_crop_jpeg;
   decode-then-crop: the whole JPEG decoded once, both windows cropped from it;
-  decode-per-view:  the whole JPEG decoded for each view (what a naive per-view map does).
-and, beside them, the images/s the ResNet-50 MINC train step consumes on this machine.
+  decode-per-view:  the whole JPEG decoded for each view (what a naive per-view map does);
+each for two workloads: `crops` (decode, crop, bicubic resize: what the host does when the
+views are finished on the device, run.augment_on_device=True, the TPU set-up) and `views` (the
+full BYOL views on the host: + flip, colour, grayscale, blur, solarize). Beside them, the
+pairs/s the ResNet-50 MINC train step consumes on this machine.
 """
 
 import argparse
@@ -33,14 +36,14 @@ PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket', 'immunohistochemistry',
           'hubble_deep_field', 'retina')
 
 
-def make_jpegs(directory, count, seed=0):
+def make_jpegs(directory, count, sides=(300, 500), seed=0):
   import skimage.data
   rng = np.random.default_rng(seed)
   photos = [getattr(skimage.data, name)()[..., :3] for name in PHOTOS]
   paths = []
   for i in range(count):
     photo = photos[i % len(photos)]
-    side = int(rng.integers(300, 501))
+    side = int(rng.integers(sides[0], sides[1] + 1))
     h, w = photo.shape[:2]
     scale = side / max(h, w)
     image = tf.image.resize(photo, [max(int(h * scale), 1), max(int(w * scale), 1)],
@@ -52,7 +55,7 @@ def make_jpegs(directory, count, seed=0):
   return paths
 
 
-def pipeline(paths, mode, size, threads):
+def pipeline(paths, mode, size, threads, workload='views'):
   crop, view1, view2 = augment.view_transforms(size)
 
   def two_views(index, encoded):
@@ -67,6 +70,8 @@ def pipeline(paths, mode, size, threads):
       crops = [crop(image, rng), crop(image, rng)]
     else:
       crops = [crop(tf.io.decode_jpeg(encoded, channels=3), rng) for _ in range(2)]
+    if workload == 'crops':
+      return crops[0], crops[1]
     return view1(crops[0], rng), view2(crops[1], rng)
 
   files = [tf.io.read_file(p) for p in paths]
@@ -105,24 +110,37 @@ def main():
   parser.add_argument('--files', type=int, default=64)
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--seconds', type=float, default=10.0)
+  parser.add_argument('--sides', type=int, nargs=2, default=[300, 500],
+                      help='range of the longest side of the JPEGs, px')
   parser.add_argument('--train_batch', type=int, default=16, help='pairs per train step')
+  parser.add_argument('--skip_train_step', action='store_true')
   args = parser.parse_args()
+  modes = ('fused', 'decode_then_crop', 'decode_per_view')
+  workloads = ('crops', 'views')
+  rates = {}
   with tempfile.TemporaryDirectory() as tmp:
-    paths = make_jpegs(tmp, args.files)
+    paths = make_jpegs(tmp, args.files, args.sides)
     sizes = [tf.image.extract_jpeg_shape(tf.io.read_file(p)).numpy()[:2] for p in paths]
+    kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
     print(f'{len(paths)} JPEGs from scikit-image photos, {min(map(min, sizes))}-'
-          f'{max(map(max, sizes))} px; BYOL views at {args.size} px (blur included)')
-    rates = {}
-    for mode in ('fused', 'decode_then_crop', 'decode_per_view'):
-      rates[mode] = pairs_per_second(pipeline(paths, mode, args.size, 1), args.seconds)
-      print(f'  {mode:<17} {rates[mode]:7.1f} pairs/s/core', flush=True)
-  print(f'  fused / decode-then-crop: {rates["fused"] / rates["decode_then_crop"]:.2f}  '
-        f'fused / decode-per-view: {rates["fused"] / rates["decode_per_view"]:.2f}  '
-        '(target >= 1.5)')
+          f'{max(map(max, sizes))} px, {kb:.0f} KB mean; outputs {args.size} px; pairs/s/core')
+    print(f'  {"":<17} {"crops (device views)":>21} {"views (host views)":>19}')
+    for mode in modes:
+      for workload in workloads:
+        rates[mode, workload] = pairs_per_second(
+            pipeline(paths, mode, args.size, 1, workload), args.seconds)
+      print(f'  {mode:<17} {rates[mode, "crops"]:21.1f} {rates[mode, "views"]:19.1f}',
+            flush=True)
+  for other in modes[1:]:
+    print(f'  fused / {other:<16} ' + ' '.join(
+        f'{rates["fused", w] / rates[other, w]:>{21 if w == "crops" else 19}.2f}'
+        for w in workloads) + '   (target >= 1.5)')
+  if args.skip_train_step:
+    return
   consumed = train_step_images_per_second(args.size, args.train_batch)
   print(f'  ResNet-50 MINC train step consumes {consumed:.1f} pairs/s on this machine '
         f'(batch {args.train_batch} pairs, {os.cpu_count()} cores): the input needs '
-        f'{consumed / rates["fused"]:.2f} cores to keep up')
+        f'{consumed / rates["fused", "views"]:.2f} cores to keep up')
 
 
 if __name__ == '__main__':

@@ -62,8 +62,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
-        knn=True, offline_linear_eval=False, tensorboard_update_freq=100, feature_rank_every_steps=None,
-        feature_rank_images=1024, checkpoint_every_steps=1000, keep_checkpoints=3):
+        knn=True, offline_linear_eval=False, tensorboard_update_freq=100,
+        feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
+        checkpoint_every_steps=1000, keep_checkpoints=3):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -84,9 +85,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   baselines: also probe a randomly initialised encoder and the raw pixels.
   offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
     offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1'.
-  feature_rank_every_steps / feature_rank_images: the effective rank of the encoder's features
-    on that many test images is logged every so many steps (None: at each epoch end), to
-    TensorBoard and to <model_dir>/curves.json, which training.png plots.
+  feature_rank_every_steps / feature_rank_per_epoch / feature_rank_images: the effective rank
+    of the encoder's features on that many test images is logged at the start and every so
+    many steps (None: feature_rank_per_epoch times an epoch), to TensorBoard and to
+    <model_dir>/curves.json, which training.png plots.
   checkpoint_every_steps / keep_checkpoints: training-state checkpoints in <model_dir>/checkpoints
     (also at each epoch end and on SIGTERM); a rerun resumes from the newest loadable one.
   """
@@ -150,7 +152,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     run_monitor = monitor.Monitor(tb_dir, global_batch_size, every_steps=tensorboard_update_freq,
                                   view_pairs=(v1, v2), config_text=gin.config_str(),
                                   rank_images=rank_images,
-                                  rank_every_steps=feature_rank_every_steps,
+                                  rank_every_steps=feature_rank_every_steps or max(
+                                      steps_per_epoch // feature_rank_per_epoch, 1),
                                   curves_path=os.path.join(model_dir, 'curves.json'))
     callbacks = [  # the guard first: no checkpoint is written after a NaN step.
         guard,
