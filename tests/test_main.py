@@ -1,6 +1,7 @@
 """End to end: the launch (flags, gin, errors) and train.run on mock ImageNet (single device and
 MirroredStrategy), on a slice of real Fashion-MNIST, and the exported encoder's round trip."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,6 +27,9 @@ TINY_IMAGENET = [
     "run.global_batch_size = 8", "run.epochs = 2", "run.steps_per_epoch = 2",
     "run.eval_batch_size = 16", "run.eval_train_examples = 32", "run.eval_test_examples = 16",
     "run.verbose = 0", "build_optimizer.warmup_epochs = 1",
+    # The ImageNet configs run the BYOL linear evaluation; one short epoch here.
+    "offline_linear_eval.epochs = 1", "offline_linear_eval.batch_size = 8",
+    "offline_linear_eval.steps_per_epoch = 2",
 ]
 FMNIST = os.path.join(data_lib.FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')
 
@@ -43,6 +47,7 @@ def test_mock_imagenet_end_to_end(tmp_path, method):
     results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
   assert results['steps'] == 4 and np.isfinite(results['final_loss'])
   assert 0.0 <= results['probe_top1'] <= 100.0
+  assert 0.0 <= results['linear_eval_top1'] <= 100.0  # JPEG crops through decode_and_crop
   assert os.path.exists(tmp_path / 'export' / 'saved_model.pb')
   assert os.path.exists(tmp_path / 'export' / 'encoder.keras')
   assert os.path.exists(tmp_path / train.CHECKPOINT)
@@ -71,9 +76,16 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
       'run.eval_test_examples = 500', 'run.verbose = 0', 'build_encoder.base_width = 8'])
   results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
   for key in ('probe_top1', 'random_init_top1', 'raw_pixel_top1', 'knn_top1',
-              'pretrain_wall_time_s', 'images_per_s'):
+              'pretrain_wall_time_s', 'images_per_s', 'final_loss_attract', 'final_loss_repel'):
     assert key in results, key
   assert results['raw_pixel_top1'] > 60  # real images: the raw-pixel probe is well above chance.
+  with open(tmp_path / 'results.json') as f:
+    assert json.load(f)['probe_top1'] == results['probe_top1']
+  # Feature rank at the start and at the end of the epoch, on the test images.
+  assert [p[0] for p in results['feature_effective_rank_curve']] == [0, 3]
+  if importlib.util.find_spec('matplotlib'):  # the optional plot extra (installed by CI)
+    assert results['plot'] == 'training.png'
+    assert (tmp_path / 'training.png').read_bytes()[:4] == b'\x89PNG'
 
   # Round trip: a fresh process with no minc_tf on its path serves the same features.
   images = data_lib.load_data().arrays('test')[0][:16]
