@@ -129,6 +129,13 @@ class ImageData:
 
     return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
+  def _random_crop(self, image, crop, rng):
+    """One random resized crop of a raw example (only the window decoded, for JPEGs)."""
+    if self.encoded:
+      return crop(self._decode_crop(image, lambda h, w: crop.window(h, w, rng)), rng,
+                  cropped=True)
+    return crop(image, rng)
+
   # --- pipelines ---------------------------------------------------------------------------
 
   def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
@@ -158,11 +165,7 @@ class ImageData:
     def two_views(index, example):
       image, label = example
       rng = augment.Rng(tf.random.experimental.stateless_fold_in(base, index))
-      if self.encoded:
-        window = lambda h, w: crop.window(h, w, rng)
-        crops = [crop(self._decode_crop(image, window), rng, cropped=True) for _ in range(2)]
-      else:
-        crops = [crop(image, rng), crop(image, rng)]
+      crops = [self._random_crop(image, crop, rng) for _ in range(2)]
       if crops_only:
         v1, v2 = crops
       else:
@@ -214,11 +217,7 @@ class ImageData:
     def one_view(index, example):
       image, label = example
       rng = augment.Rng(tf.random.experimental.stateless_fold_in(base, index))
-      if self.encoded:
-        image = crop(self._decode_crop(image, lambda h, w: crop.window(h, w, rng)), rng,
-                     cropped=True)
-      else:
-        image = crop(image, rng)
+      image = self._random_crop(image, crop, rng)
       if flip:
         image = tf.cond(rng.uniform() < 0.5, lambda: tf.image.flip_left_right(image),
                         lambda: image)

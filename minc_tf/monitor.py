@@ -22,6 +22,11 @@ import tensorflow as tf
 from minc_tf import model as model_lib
 
 
+def _scalar(value):
+  """A logged value as a float; multi-worker logs carry a leading axis of 1."""
+  return float(np.asarray(value).reshape(-1)[0])
+
+
 def feature_effective_rank(features):
   """Effective rank of a [n, d] feature matrix: of the singular values of the centred matrix."""
   f = np.asarray(features, np.float64)
@@ -72,7 +77,7 @@ class Monitor(keras.callbacks.Callback):
     return int(self.model.optimizer.iterations.numpy())
 
   def _record(self, name, step, value):
-    value = float(np.asarray(value).reshape(-1)[0])  # multi-worker logs carry a leading axis
+    value = _scalar(value)
     self.curves.setdefault(name, []).append([step, value])
     tf.summary.scalar(name, value)
 
@@ -128,7 +133,7 @@ class Monitor(keras.callbacks.Callback):
     with self._writer.as_default(step=step):
       for name, value in (logs or {}).items():  # running means over the epoch so far
         self.curves.setdefault(f'train/{name}', []).append(
-            [step, float(np.asarray(value).reshape(-1)[0])])
+            [step, _scalar(value)])
       self._record('learning_rate', step, np.asarray(model.optimizer.learning_rate))
       if model.target_encoder is not None:
         self._record('target_tau', step, float(model_lib.target_tau(
@@ -153,7 +158,7 @@ class Monitor(keras.callbacks.Callback):
     step = self._step()
     for name, value in (logs or {}).items():
       self.curves.setdefault(f'epoch/{name}', []).append(
-          [step, float(np.asarray(value).reshape(-1)[0])])
+          [step, _scalar(value)])
     if not self._rank_every:
       with self._writer.as_default(step=step):
         self._feature_rank(step)

@@ -265,9 +265,7 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
 
   feats = probe('probe', encoder)
   out['feature_dim'] = int(feats.shape[1])
-  centred = feats[:20000] - feats[:20000].mean(0, keepdims=True)
-  out['feature_effective_rank'] = monitor.effective_rank(
-      np.linalg.svd(centred, compute_uv=False))
+  out['feature_effective_rank'] = monitor.feature_effective_rank(feats[:20000])
   if baselines:
     probe('random_init', networks.build_encoder(data.image_shape, name='random_encoder'))
     pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
