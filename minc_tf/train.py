@@ -75,7 +75,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     example's views come from a stateless per-example seed, and a resumed run skips to its
     step, so it sees the data of an uninterrupted run); deterministic=True adds TensorFlow's op
     determinism: with TF_ENABLE_ONEDNN_OPTS=0 (oneDNN is not bit-reproducible), reruns and
-    resumed runs are bit-identical.
+    resumed runs match to float32 round-off (seen: bit-identical but for one logged loss).
   augment_on_device: the input pipeline makes the crops, the model the rest of the views
     (flip, colour, blur, solarize) inside train_step, as BYOL does on TPU.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
@@ -133,7 +133,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     with strategy.scope():  # optimizer slots are created on restore
       start_step = checkpointer.restore_latest()
-    data_seed = seed if seed is not None else int(checkpointer.data_seed.numpy())
+    if seed is not None:
+      checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
+    data_seed = int(checkpointer.data_seed.numpy())
 
     def dataset_from(step):
       return strategy.distribute_datasets_from_function(
