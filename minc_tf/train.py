@@ -199,6 +199,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   else:
     with strategy.scope():
       checkpointer.restore_latest(required=True)
+    # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
+    # and keep what the training run measured (losses, wall time) beside the new figures.
+    results = {**_read_results(model_dir),
+               **{k: v for k, v in results.items() if k not in ('epochs', 'steps')},
+               f'{mode}_checkpoint_step': checkpointer.step}
     if mode == 'export':
       export_lib.export_encoder(model.encoder, data.mean, data.std,
                                 os.path.join(model_dir, 'export'))
@@ -241,6 +246,14 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
                         epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                         verbose=verbose)
   return history
+
+
+def _read_results(model_dir):
+  path = os.path.join(model_dir, 'results.json')
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
 def _write_results(model_dir, results):

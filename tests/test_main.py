@@ -87,6 +87,20 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
     assert results['plot'] == 'training.png'
     assert (tmp_path / 'training.png').read_bytes()[:4] == b'\x89PNG'
 
+  # --mode=eval on the trained dir: the step it read, the training figures kept.
+  gin.clear_config()
+  config.parse_gin(['gin/quickstart.gin'], [
+      'run.epochs = 5', 'run.eval_train_examples = 1000', 'run.eval_test_examples = 200',
+      'run.baselines = False', 'run.knn = False', 'run.verbose = 0',
+      'build_encoder.base_width = 8'])
+  train.run('eval', str(tmp_path), tf.distribute.get_strategy())
+  with open(tmp_path / 'results.json') as f:
+    evaluated = json.load(f)
+  assert evaluated['eval_checkpoint_step'] == 3
+  assert evaluated['epochs'] == 1 and evaluated['steps'] == 3  # the trained run's, not 5
+  assert evaluated['pretrain_wall_time_s'] == results['pretrain_wall_time_s']
+  assert 0 <= evaluated['probe_top1'] <= 100 and evaluated['knn_top1'] == results['knn_top1']
+
   # Round trip: a fresh process with no minc_tf on its path serves the same features.
   images = data_lib.load_data().arrays('test')[0][:16]
   np.save(tmp_path / 'images.npy', images)
