@@ -155,7 +155,11 @@ def _write(model_dir, name, rows, table_path, operative):
   lines.append('\nBase configuration (before each variant\'s bindings):\n\n```\n' + operative +
                '```\n')
   text = '\n'.join(lines) + '\n'
+  png = os.path.join(model_dir, f'{name}.png')
+  drawn = plots.plot_study(rows, png, title=f'study: {name}')
   for path in filter(None, [os.path.join(model_dir, f'{name}.md'), table_path]):
     with tf.io.gfile.GFile(path, 'w') as f:
       f.write(text)
-    plots.plot_study(rows, os.path.splitext(path)[0] + '.png', title=f'study: {name}')
+    copy = os.path.splitext(path)[0] + '.png'
+    if drawn and copy != png:  # drawn once, copied beside the table
+      tf.io.gfile.copy(png, copy, overwrite=True)

@@ -1,5 +1,7 @@
 """study.py: the gradient noise-to-signal measure and the tables it writes."""
 
+import importlib.util
+
 import numpy as np
 import tensorflow as tf
 
@@ -35,9 +37,15 @@ def test_tables(tmp_path):
   rows = [{'variant': 'a', 'probe_top1': 80.0, 'knn_top1': 79.0, 'feature_effective_rank': 20.0,
            'final_loss': -1.0, 'pretrain_wall_time_s': 10, 'images_per_s': 5,
            'random_init_top1': 70.0, 'raw_pixel_top1': 84.0}]
-  study._write(str(tmp_path), 'ablation', rows, None, 'run.epochs = 1\n')
-  text = (tmp_path / 'ablation.md').read_text()
+  docs = tmp_path / 'docs'
+  docs.mkdir()
+  study._write(str(tmp_path / 'run'), 'ablation', rows, str(docs / 'table.md'), 'run.epochs = 1\n')
+  text = (tmp_path / 'run' / 'ablation.md').read_text()
   assert '| a | 80.00 | 79.00 | 20.0 |' in text and 'raw pixels 84.00' in text
+  assert (docs / 'table.md').read_text() == text
+  if importlib.util.find_spec('matplotlib'):  # drawn once, the same PNG beside both tables
+    png = (tmp_path / 'run' / 'ablation.png').read_bytes()
+    assert png[:4] == b'\x89PNG' and (docs / 'table.png').read_bytes() == png
   var = [{'method': m, 'stage': 'init', 'batch_size': 64, 'noise_to_signal': v}
          for m, v in (('minc', 2.0), ('spectral', 4.0))]
   study._write_variance(str(tmp_path), var, None)
