@@ -173,9 +173,14 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
           'learning rate (build_optimizer.base_lr), keep the output clip on (build_model.mu), '
           'or use float32 (run.mixed_precision=None), then rerun to resume.')
     steps_run = checkpointer.step - start_step
-    results.update(resumed_from_step=start_step, final_step=checkpointer.step,
-                   pretrain_wall_time_s=round(wall, 1),
-                   images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
+    previous = _read_results(model_dir) if steps_run == 0 else {}
+    if previous.get('final_step') == checkpointer.step:
+      # A rerun of a finished run trains nothing: keep the figures its training measured.
+      results = {**previous, **results}
+    else:
+      results.update(resumed_from_step=start_step, final_step=checkpointer.step,
+                     pretrain_wall_time_s=round(wall, 1),
+                     images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
     if history is not None and history.history.get('loss'):
       results['final_loss'] = float(history.history['loss'][-1])
       for name in ('loss_attract', 'loss_repel', 'probe_acc'):

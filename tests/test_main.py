@@ -87,6 +87,16 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
     assert results['plot'] == 'training.png'
     assert (tmp_path / 'training.png').read_bytes()[:4] == b'\x89PNG'
 
+  # Rerunning the finished run trains nothing and keeps what its training measured.
+  gin.clear_config()
+  config.parse_gin(['gin/quickstart.gin'], [
+      'run.steps_per_epoch = 3', 'run.epochs = 1', 'run.verbose = 0',
+      'build_encoder.base_width = 8'])
+  rerun = train.run('train', str(tmp_path), tf.distribute.get_strategy())
+  for key in ('pretrain_wall_time_s', 'images_per_s', 'resumed_from_step', 'final_loss',
+              'probe_top1'):
+    assert rerun[key] == results[key], key
+
   # --mode=eval on the trained dir: the step it read, the training figures kept.
   gin.clear_config()
   config.parse_gin(['gin/quickstart.gin'], [
