@@ -48,7 +48,7 @@ class Checkpointer:
   def restore(self, path):
     """Restores one checkpoint (every saved object must match); returns its step."""
     # Optimizer slots must exist before their values can be restored into them.
-    self._model.optimizer.build(self._model.trainable_variables)
+    self._model.optimizer.build(self._model.online_variables)
     self._ckpt.restore(path).assert_existing_objects_matched()
     logging.info('Restored %s (step %d)', path, self.step)
     return self.step

@@ -62,9 +62,16 @@ class SSLModel(keras.Model):
     self.predictor = predictor
     self.target_encoder = target_encoder
     self.target_projector = target_projector
+    # (target, online) variable pairs the EMA update moves. The target stays a trainable *layer*
+    # (Keras 3 runs the BatchNorm of a frozen layer in inference mode, and BYOL's target
+    # normalises with the batch's statistics) but its variables are marked non-trainable, so
+    # neither the optimizer nor its slots ever see them.
+    self.target_pairs = []
     if target_encoder is not None:
-      target_encoder.trainable = False
-      target_projector.trainable = False
+      self.target_pairs = (pair_variables(target_encoder, encoder) +
+                           pair_variables(target_projector, projector))
+      for v in target_encoder.weights + target_projector.weights:
+        v.trainable = False
     self.mu = mu
     self.temperature = temperature
     self.summary_decay = summary_decay
@@ -85,10 +92,13 @@ class SSLModel(keras.Model):
                                    autocast=False, name='summary')
     self.summary_steps = self.add_weight(shape=(), initializer='zeros', trainable=False,
                                          autocast=False, name='summary_steps')
+    # `loss` is the method's loss alone; the probe's cross-entropy is logged beside it (its
+    # gradient reaches only the probe, through stop_gradient features).
     self.loss_tracker = keras.metrics.Mean(name='loss')
-    self.ssl_loss_tracker = keras.metrics.Mean(name='ssl_loss')
     self.probe_loss_tracker = keras.metrics.Mean(name='probe_loss')
-    self.probe_acc = keras.metrics.SparseCategoricalAccuracy(name='probe_acc')
+    # The online probe trains on the augmented views: this is a training accuracy on augmented
+    # crops, not a held-out figure (evaluate.py measures those).
+    self.probe_acc = keras.metrics.SparseCategoricalAccuracy(name='probe_train_acc')
     self.feature_std = keras.metrics.Mean(name='feature_std')
     # The loss split into its alignment (attract) and uniformity / normalisation (repel) terms;
     # BYOL-type losses have a single term.
@@ -97,11 +107,17 @@ class SSLModel(keras.Model):
 
   @property
   def metrics(self):
-    m = [self.loss_tracker, self.ssl_loss_tracker, self.feature_std]
+    m = [self.loss_tracker, self.feature_std]
     m += list(self.term_trackers.values())
     if self.probe is not None:
       m += [self.probe_loss_tracker, self.probe_acc]
     return m
+
+  @property
+  def online_variables(self):
+    """What the optimizer trains: online encoder, projector, predictor and probe."""
+    nets = [self.encoder, self.projector, self.predictor, self.probe]
+    return [v for net in nets if net is not None for v in net.trainable_weights]
 
   def call(self, images, training=False):
     """Encoder features (what the probe and the exported model see)."""
@@ -207,13 +223,14 @@ class SSLModel(keras.Model):
         probe_loss, logits = self._probe_loss(h1, labels)
         total += probe_loss
       # Keras sums gradients over replicas and every loss above is already global.
-      scaled = total / replicas
-    variables = self.trainable_variables
+      # scale_loss multiplies by the loss scale under mixed_float16 (compile() then wraps the
+      # optimizer in a LossScaleOptimizer, whose apply() divides it out); else it is identity.
+      scaled = self.optimizer.scale_loss(total / replicas)
+    variables = self.online_variables
     grads = tape.gradient(scaled, variables)
     self.optimizer.apply(grads, variables)
     self._update_target()
-    self.loss_tracker.update_state(total)
-    self.ssl_loss_tracker.update_state(ssl_loss)
+    self.loss_tracker.update_state(ssl_loss)
     for name, value in terms.items():
       self.term_trackers[name].update_state(value)
     self.feature_std.update_state(
@@ -237,14 +254,16 @@ class SSLModel(keras.Model):
     return sums[0] / tf.maximum(sums[1], 1.0), logits
 
   def _update_target(self):
-    if self.target_encoder is None:
+    """target <- tau target + (1 - tau) online, after the step (BYOL's order and schedule).
+
+    tau uses the step count after this step's update, so step k (1-based) applies tau_k.
+    """
+    if not self.target_pairs:
       return
     tau = target_tau(self.optimizer.iterations, self.total_steps, self.tau_base)
-    online = self.encoder.trainable_weights + self.projector.trainable_weights
-    target = self.target_encoder.trainable_weights + self.target_projector.trainable_weights
     # Replica-local assignment: the online weights are identical on every replica after the
     # all-reduced update, so the targets stay identical too.
-    for t, o in zip(target, online):
+    for t, o in self.target_pairs:
       t.assign(tau * t + (1.0 - tau) * tf.cast(o, t.dtype))
 
   def test_step(self, data):
@@ -253,6 +272,29 @@ class SSLModel(keras.Model):
       logits = self.probe(self.encoder(images, training=False))
       self.probe_acc.update_state(labels, logits)
     return {'probe_acc': self.probe_acc.result()} if self.probe is not None else {}
+
+
+def pair_variables(target, online):
+  """[(target variable, online variable)] for every variable `online` trains.
+
+  Pairs by layer name and variable name (the two networks come from one builder), and checks
+  shapes, so a structural mismatch fails here rather than as a silent mis-pairing.
+  """
+  pairs = []
+  for layer in online.layers:
+    if not layer.weights:
+      continue
+    twin = target.get_layer(layer.name)
+    t_by_name = {v.name: v for v in twin.weights}
+    for o in layer.trainable_weights:
+      t = t_by_name.get(o.name)
+      if t is None or tuple(t.shape) != tuple(o.shape):
+        raise ValueError(f'{target.name} has no variable matching {o.path} {tuple(o.shape)}')
+      pairs.append((t, o))
+  if len(pairs) != len(online.trainable_weights):
+    raise ValueError(f'paired {len(pairs)} of the {len(online.trainable_weights)} variables '
+                     f'{online.name} trains')
+  return pairs
 
 
 @gin.configurable

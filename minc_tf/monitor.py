@@ -28,7 +28,9 @@ def _scalar(value):
 
 
 def feature_effective_rank(features):
-  """Effective rank of a [n, d] feature matrix: of the singular values of the centred matrix."""
+  """Effective rank of a [n, d] feature matrix: of the singular values of the centred matrix
+  (RankMe, Garrido et al. 2023). Not the eigenvalues of the covariance (their squares); the
+  MINC summary's rank, `summary/eigenvalue_effective_rank`, is of its eigenvalues."""
   f = np.asarray(features, np.float64)
   return effective_rank(np.linalg.svd(f - f.mean(0, keepdims=True), compute_uv=False))
 
@@ -149,7 +151,7 @@ class Monitor(keras.callbacks.Callback):
         if decay > 0:
           summary /= 1.0 - decay ** float(model.summary_steps.numpy())
         eig = np.sort(np.linalg.eigvalsh((summary + summary.T) / 2))[::-1]
-        self._record('summary/effective_rank', step, effective_rank(eig))
+        self._record('summary/eigenvalue_effective_rank', step, effective_rank(eig))
         for i, value in enumerate(eig[:self._num_eig]):
           tf.summary.scalar(f'summary/eigenvalue_{i}', float(value))
     self._last = (now, step)

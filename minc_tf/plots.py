@@ -13,12 +13,13 @@ import tensorflow as tf
 # (curve name in monitor.Monitor.curves, label) per panel of a run's plot.
 RUN_PANELS = (
     ('SSL loss and its terms (running mean over the epoch)',
-     (('train/ssl_loss', 'loss'), ('train/loss_attract', 'attract term'),
+     (('train/loss', 'loss'), ('train/loss_attract', 'attract term'),
       ('train/loss_repel', 'repel term'))),
-    ('online linear probe accuracy',
-     (('train/probe_acc', 'running, this epoch'), ('epoch/probe_acc', 'epoch'))),
+    ('online probe accuracy on the augmented training views',
+     (('train/probe_train_acc', 'running, this epoch'), ('epoch/probe_train_acc', 'epoch'))),
     ('effective rank (collapse shows as a fall)',
-     (('feature_effective_rank', 'encoder features'), ('summary/effective_rank', 'MINC summary'))),
+     (('feature_effective_rank', 'encoder features (singular values)'),
+      ('summary/eigenvalue_effective_rank', 'MINC summary (eigenvalues)'))),
     ('learning rate', (('learning_rate', 'lr'),)),
 )
 

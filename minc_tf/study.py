@@ -72,7 +72,7 @@ def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pre
                                   total_steps=max(pretrain_steps, 1))
     batch = 256
     model.compile(optimizer=optim.build_optimizer(batch, max(pretrain_steps, 1), 1))
-    model.optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.online_variables)
     for stage, steps in (('init', 0), (f'after {pretrain_steps} steps', pretrain_steps)):
       if steps:
         model.fit(data.pretrain_dataset(batch, seed=0), steps_per_epoch=steps, epochs=1,

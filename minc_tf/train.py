@@ -183,7 +183,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                      images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
     if history is not None and history.history.get('loss'):
       results['final_loss'] = float(history.history['loss'][-1])
-      for name in ('loss_attract', 'loss_repel', 'probe_acc'):
+      for name in ('loss_attract', 'loss_repel', 'probe_loss', 'probe_train_acc'):
         if history.history.get(name):
           results[f'final_{name}'] = float(history.history[name][-1])
     ranks = run_monitor.curves.get('feature_effective_rank')

@@ -42,7 +42,7 @@ def main(out):
                                   projector_dim=8, total_steps=STEPS,
                                   sync_bn=strategy.num_replicas_in_sync > 1)
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    model.optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.online_variables)
   x1, x2, y = global_batches()
 
   def dataset_fn(ctx):

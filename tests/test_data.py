@@ -19,12 +19,18 @@ def write_idx(path, array):
     f.write(header + array.astype(np.uint8).tobytes())
 
 
+def _fake_arrays():
+  """{IDX split name: (images [n, 28, 28], labels [n])}, the values the fixture writes."""
+  rng = np.random.default_rng(0)
+  return {split: (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, (n,)))
+          for split, n in (('train', 64), ('t10k', 16))}
+
+
 @pytest.fixture
 def fake_fmnist(tmp_path):
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 64), ('t10k', 16)):
-    write_idx(tmp_path / f'{split}-images-idx3-ubyte.gz', rng.integers(0, 256, (n, 28, 28)))
-    write_idx(tmp_path / f'{split}-labels-idx1-ubyte.gz', rng.integers(0, 10, (n,)))
+  for split, (images, labels) in _fake_arrays().items():
+    write_idx(tmp_path / f'{split}-images-idx3-ubyte.gz', images)
+    write_idx(tmp_path / f'{split}-labels-idx1-ubyte.gz', labels)
   return tmp_path
 
 
@@ -34,8 +40,14 @@ def test_idx_files_load_and_pipeline_shapes(fake_fmnist):
   (v1, v2), y = next(iter(d.pretrain_dataset(8)))
   assert v1.shape == v2.shape == (8, 28, 28, 1) and v1.dtype == tf.float32 and y.shape == (8,)
   x, y = next(iter(d.eval_dataset('test', 16)))
-  expected = (d.arrays('test')[0][:16] / 255.0 - d.mean[0]) / d.std[0]
+  # Expected values from what was written, not from the parser under test.
+  images, labels = _fake_arrays()['t10k']
+  expected = (images[..., None] / 255.0 - d.mean[0]) / d.std[0]
   np.testing.assert_allclose(x.numpy(), expected, atol=1e-5)
+  np.testing.assert_array_equal(y.numpy(), labels)
+  train_images, train_labels = _fake_arrays()['train']
+  np.testing.assert_array_equal(d.arrays('train')[0][..., 0], train_images)
+  np.testing.assert_array_equal(d.arrays('train')[1], train_labels)
 
 
 def test_truncated_idx_file_is_a_clear_error(tmp_path):

@@ -96,3 +96,23 @@ def test_linear_eval_views_are_crops_and_flips_of_training_images():
   np.testing.assert_array_equal(x.numpy(), x2.numpy())  # seeded: reproducible
   raw = x.numpy() * 0.25 + 0.5  # undo the normalisation: back in [0, 1]
   assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
+  originals = data.arrays('train')[0].astype(np.float32) / 255.0
+
+  def matches(views):
+    """Per view: 'plain' or 'flipped' when it equals a training image (or its mirror)."""
+    out = []
+    for v in views * 0.25 + 0.5:
+      if np.abs(originals - v).max(axis=(1, 2, 3)).min() < 1e-4:
+        out.append('plain')
+      elif np.abs(originals[:, :, ::-1] - v).max(axis=(1, 2, 3)).min() < 1e-4:
+        out.append('flipped')
+      else:
+        out.append(None)
+    return out
+
+  # Whole-image crops: every view is a training image, mirrored about half the time.
+  (whole, _), = data.linear_eval_dataset(64, seed=3, crop_area=(1.0, 1.0)).take(1)
+  found = matches(whole.numpy())
+  assert None not in found and 16 <= found.count('flipped') <= 48, found
+  # The protocol's crops (area U(0.08, 1)): almost no view is a whole image any more.
+  assert matches(x.numpy()).count(None) >= 28

@@ -179,23 +179,35 @@ def test_minc_gradient_equals_spectral_gradient_with_leave_one_out_summary():
 
 
 def test_constant_output_is_a_saddle_not_a_minimum():
-  """A collapsed output c (||c|| = 1, summary c c^T) has the MINC value of a single
-  eigenfunction; adding a feature shared by positive pairs lowers it, so collapse is not a
-  minimum; with any other summary (the EMA's history) the gradient at collapse is not zero."""
+  """A collapsed output c (||c|| = 1) with the summary of its own outputs, M = c c^T, is a
+  stationary point of MINC: every row's gradient (2/N)(M c - c) is zero and the value is
+  -1 per view. It is not a minimum: adding a feature b_i = 0.3 s_i e_1 (s_i = +-1, shared by
+  the two views of pair i, orthogonal to c) lowers the value at second order, by
+  2 * 0.18 eps^2 (1 - mean(s)^2) for the two views (with t = z and M = the perturbed outputs'
+  second moment). With any other summary (the EMA's history) the gradient at collapse is not
+  zero."""
   n, k = 64, 4
   c = np.zeros(k)
   c[0] = 1.0
   collapsed = np.tile(c, (n, 1))
-  shared = RNG.choice([-1.0, 1.0], size=n)  # a feature both views of a pair agree on.
+  value, (g1, g2) = tf_value_and_grad(
+      lambda a, b: losses.minc_loss(a, b, collapsed, collapsed, collapsed.T @ collapsed / n),
+      collapsed, collapsed)
+  np.testing.assert_allclose(value, -2.0, atol=1e-12)
+  assert np.abs(g1).max() < 1e-12 and np.abs(g2).max() < 1e-12
+
+  shared = RNG.choice([-1.0, 1.0], size=n)
   bump = np.zeros((n, k))
   bump[:, 1] = 0.3 * shared
 
-  def minc_at(z, m):
-    return losses.minc_loss(z, z, z, z, m).numpy()
+  def minc_at(eps):
+    z = collapsed + eps * bump
+    return losses.minc_loss(z, z, z, z, z.T @ z / n).numpy()
 
-  m_collapsed = collapsed.T @ collapsed / n
-  z = collapsed + bump
-  assert minc_at(z, z.T @ z / n) < minc_at(collapsed, m_collapsed) - 0.05
+  for eps in (0.01, 0.05):
+    drop = minc_at(0.0) - minc_at(eps)
+    expected = 2 * 0.18 * eps ** 2 * (1 - shared.mean() ** 2)
+    np.testing.assert_allclose(drop, expected, rtol=0.02)
   m_history = np.diag([0.6, 0.5, 0.3, 0.2]) + 0.1  # an EMA over earlier, diverse outputs.
   _, (g,) = tf_value_and_grad(lambda a: losses.minc_loss(a, a, collapsed, collapsed, m_history),
                               collapsed)
@@ -300,15 +312,46 @@ def _dist_vs_single(strategy, loss_fn, n=8, k=4):
   np.testing.assert_allclose(grad.numpy(), single_grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
-SUMMARY = np.diag([0.5, 0.4, 0.3, 0.2]).astype(np.float32)
+_A = RNG.normal(size=(4, 4))
+# A full symmetric summary: with a diagonal one tril(M) = M and the GHA branch is invisible.
+SUMMARY = (_A @ _A.T / 4 + 0.1 * np.eye(4)).astype(np.float32)
 
 
 @pytest.mark.parametrize('loss_fn', [
     lambda a, b: losses.spectral_contrastive_loss(a, b, mu=1.0),
+    lambda a, b: losses.minc_loss(a, b, tf.stop_gradient(b), tf.stop_gradient(a), SUMMARY),
     lambda a, b: losses.minc_loss(a, b, tf.stop_gradient(b), tf.stop_gradient(a), SUMMARY, True),
     lambda a, b: losses.simclr_loss(a, b, 0.1),
     lambda a, b: losses.byol_loss(a, b, tf.stop_gradient(b) + 1.0, tf.stop_gradient(a)),
-    lambda a, b: tf.reduce_sum(losses.batch_second_moment(a, b) * SUMMARY) + 0.0 * tf.reduce_sum(a),
-], ids=['spectral', 'minc_lt', 'simclr', 'byol', 'second_moment'])
+], ids=['spectral', 'minc', 'minc_lt', 'simclr', 'byol'])
 def test_distributed_equals_single_device(mirrored, loss_fn):
   _dist_vs_single(mirrored, loss_fn)
+
+
+def test_gha_gradient_differs_from_the_symmetric_one_on_this_summary():
+  """Guards the distributed minc_lt case above: on SUMMARY the two gradients differ."""
+  z = RNG.normal(size=(8, 4)).astype(np.float32)
+  t = RNG.normal(size=(8, 4)).astype(np.float32)
+  grads = [tf_value_and_grad(lambda a: losses.minc_loss(a, a, t, t, SUMMARY, lt), z)[1][0]
+           for lt in (False, True)]
+  assert np.abs(grads[0] - grads[1]).max() > 1e-2
+
+
+@pytest.mark.parametrize('centered', [False, True])
+def test_distributed_second_moment_is_the_global_one(mirrored, centered):
+  """Each replica holds the second moment of the GLOBAL batch (both views), as NumPy gives it."""
+  a = RNG.normal(size=(8, 4)).astype(np.float32) + 1.0
+  b = RNG.normal(size=(8, 4)).astype(np.float32)
+  both = np.concatenate([a, b]).astype(np.float64)
+  expected = both.T @ both / len(both)
+  if centered:
+    mean = both.mean(0)
+    expected -= np.outer(mean, mean)
+  per_replica = run_distributed(
+      mirrored, lambda x, y: losses.batch_second_moment(x, y, centered=centered), a, b)
+  values = mirrored.experimental_local_results(per_replica)
+  assert len(values) == 2
+  for v in values:
+    np.testing.assert_allclose(v.numpy(), expected, rtol=1e-5, atol=1e-6)
+  half = np.concatenate([a[:4], b[:4]]).astype(np.float64)
+  assert np.abs(half.T @ half / 8 - expected).max() > 0.05  # a local moment would differ

@@ -29,7 +29,7 @@ TINY_IMAGENET = [
     "run.verbose = 0", "build_optimizer.warmup_epochs = 1",
     # The ImageNet configs run the BYOL linear evaluation; one short epoch here.
     "offline_linear_eval.epochs = 1", "offline_linear_eval.batch_size = 8",
-    "offline_linear_eval.steps_per_epoch = 2",
+    "offline_linear_eval.steps_per_epoch = 2", "run.checkpoint_every_steps = 1",
 ]
 FMNIST = os.path.join(data_lib.FASHION_MNIST_DIR, 't10k-labels-idx1-ubyte.gz')
 
@@ -54,6 +54,14 @@ def test_mock_imagenet_end_to_end(tmp_path, method):
   assert json.loads((tmp_path / 'results.json').read_text())['method'] == method
   assert 'build_model.method' in (tmp_path / 'operative_config.gin').read_text()
   assert tf.io.gfile.glob(str(tmp_path / 'tensorboard' / 'train' / 'events.out.tfevents.*'))
+  # Training changed what it should between the step-2 and step-4 checkpoints: the online
+  # variables and, for BYOL, the EMA target.
+  first, last = (tf.train.load_checkpoint(str(tmp_path / 'checkpoints' / f'ckpt-{s}'))
+                 for s in (2, 4))
+  names = [n for n, shape in first.get_variable_to_shape_map().items() if len(shape) == 4]
+  moved = {n for n in names if not np.array_equal(first.get_tensor(n), last.get_tensor(n))}
+  assert len(names) >= 5 and len(moved) == len(names), (names, moved)
+  assert any('target_encoder' in n for n in moved) == (method == 'byol')
 
 
 def test_mock_imagenet_under_mirrored_strategy_with_views_made_on_device(tmp_path, mirrored):

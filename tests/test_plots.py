@@ -21,8 +21,8 @@ def curve(n, f):
 
 
 def test_run_plot_has_a_panel_per_curve_kind(tmp_path):
-  one = {'train/ssl_loss': curve(5, lambda i: 1.0 / (i + 1))}
-  four = dict(one, **{'train/loss_attract': curve(5, lambda i: -i), 'epoch/probe_acc': curve(2, float),
+  one = {'train/loss': curve(5, lambda i: 1.0 / (i + 1))}
+  four = dict(one, **{'train/loss_attract': curve(5, lambda i: -i), 'epoch/probe_train_acc': curve(2, float),
                       'feature_effective_rank': curve(3, lambda i: 5.0 + i),
                       'learning_rate': curve(5, lambda i: 0.1)})
   h1, w1, _ = png_shape(plots.plot_run(one, str(tmp_path / 'one.png')))

@@ -24,6 +24,26 @@ def test_noise_to_signal_is_zero_for_identical_batches_and_positive_otherwise():
   assert study.gradient_noise_to_signal(m, ds, 4) > 1e-3
 
 
+def test_noise_to_signal_equals_its_definition_on_three_batches():
+  """E_b ||g_b - g_mean||^2 / ||g_mean||^2 over the first 3 batches (of 4 offered), with g_b the
+  gradient of batch b w.r.t. the online encoder and projector, written out here in NumPy."""
+  m = tiny_model('spectral')
+  compile_model(m)
+  data = batches(n=8, count=4)
+  grads = []
+  for (x1, x2), _ in data[:3]:
+    with tf.GradientTape() as tape:
+      loss, _, _, _ = m.compute_ssl_loss(tf.constant(x1), tf.constant(x2))
+    variables = m.encoder.trainable_weights + m.projector.trainable_weights
+    grads.append(np.concatenate([np.ravel(g) for g in tape.gradient(loss, variables)]))
+  g = np.array(grads, np.float64)
+  mean = g.mean(0)
+  expected = np.mean([np.sum((gb - mean) ** 2) for gb in g]) / np.sum(mean ** 2)
+  ds = tf.data.Dataset.from_generator(lambda: iter(data), output_signature=(
+      (tf.TensorSpec((8, 8, 8, 1), tf.float32),) * 2, tf.TensorSpec((8,), tf.int64)))
+  np.testing.assert_allclose(study.gradient_noise_to_signal(m, ds, 3), expected, rtol=1e-4)
+
+
 def test_minc_noise_measure_leaves_the_summary_untouched():
   m = tiny_model('minc')
   compile_model(m)
