@@ -36,6 +36,8 @@ def main(argv):
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     from minc_tf import strategy as strategy_lib
     from minc_tf import train
+    # Before anything starts TensorFlow's runtime (the strategy does).
+    train.set_up_determinism(train.deterministic_from_gin())
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)
     if FLAGS.mode == 'study':
       from minc_tf import study

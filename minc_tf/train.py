@@ -31,6 +31,36 @@ MODES = ('train', 'eval', 'export', 'train_and_eval')
 CHECKPOINT = 'checkpoint.weights.h5'
 
 
+def set_up_determinism(deterministic):
+  """What run.deterministic needs from TensorFlow, some of it before its runtime starts.
+
+  Op determinism, and ONE inter-op thread: with several, independent ops of the train step
+  run concurrently, and seeded CPU runs on a loaded machine came out different from step 2 on
+  (measured; intra-op threads, the data pipeline and the order of gradients and updates were
+  ruled out, docs/reproducibility.md). TensorFlow fixes the inter-op pool when its runtime
+  starts, so main calls this before it builds the strategy; run() calls it again.
+  """
+  if not deterministic:
+    return
+  tf.config.experimental.enable_op_determinism()
+  try:
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+  except RuntimeError:  # the runtime has started: only the environment could have set it.
+    if os.environ.get('TF_NUM_INTEROP_THREADS') != '1':
+      raise UserError('run.deterministic=True needs TensorFlow to run one op at a time, which '
+                      'is fixed when its runtime starts, and it has started already. Fix: '
+                      'launch with `python -m minc_tf.main` (it sets this first), or set '
+                      'TF_NUM_INTEROP_THREADS=1 in the environment.') from None
+
+
+def deterministic_from_gin():
+  """run.deterministic as bound in the parsed gin config (False when unbound)."""
+  try:
+    return bool(gin.query_parameter('run.deterministic'))
+  except ValueError:
+    return False
+
+
 def _check_writable(model_dir):
   try:
     tf.io.gfile.makedirs(model_dir)
@@ -74,8 +104,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   seed / deterministic: seeds Python, NumPy and TensorFlow and the input pipeline (every
     example's views come from a stateless per-example seed, and a resumed run skips to its
     step, so it sees the data of an uninterrupted run); deterministic=True adds TensorFlow's op
-    determinism: with TF_ENABLE_ONEDNN_OPTS=0 (oneDNN is not bit-reproducible), reruns and
-    resumed runs match to float32 round-off (seen: bit-identical but for one logged loss).
+    determinism and one inter-op thread (set_up_determinism): with TF_ENABLE_ONEDNN_OPTS=0,
+    reruns and resumed runs end with bit-identical variables (docs/reproducibility.md).
   augment_on_device: the input pipeline makes the crops, the model the rest of the views
     (flip, colour, blur, solarize) inside train_step, as BYOL does on TPU.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
@@ -97,11 +127,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   _check_writable(model_dir)
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  if deterministic:
-    tf.config.experimental.enable_op_determinism()
-    if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
-      logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
-                      'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
+  set_up_determinism(deterministic)
+  if deterministic and os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
+    logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
+                    'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise UserError(f'The global batch size {global_batch_size} does not divide by the '
