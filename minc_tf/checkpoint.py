@@ -32,6 +32,13 @@ class Checkpointer:
     self._manager = tf.train.CheckpointManager(self._ckpt, directory, max_to_keep=keep)
     self.directory = directory
 
+  def build_optimizer(self):
+    """Creates the optimizer's slots for the online variables, in that order: checkpoints
+    store slots by position, so a fresh run and a restore must build them alike (and slots must
+    exist before their values can be restored into them)."""
+    if not self._model.optimizer.built:
+      self._model.optimizer.build(self._model.online_variables)
+
   @property
   def step(self):
     return int(self._model.optimizer.iterations.numpy())
@@ -47,8 +54,7 @@ class Checkpointer:
 
   def restore(self, path):
     """Restores one checkpoint (every saved object must match); returns its step."""
-    # Optimizer slots must exist before their values can be restored into them.
-    self._model.optimizer.build(self._model.online_variables)
+    self.build_optimizer()
     self._ckpt.restore(path).assert_existing_objects_matched()
     logging.info('Restored %s (step %d)', path, self.step)
     return self.step
@@ -59,6 +65,7 @@ class Checkpointer:
     A checkpoint that fails to load (torn or corrupted files) is skipped with a warning and the
     previous one is tried.
     """
+    self.build_optimizer()
     for path in reversed(self._manager.checkpoints):
       try:
         return self.restore(path)
@@ -103,8 +110,9 @@ class TrainingGuard(keras.callbacks.Callback):
     self._sigterm = True
 
   def on_train_batch_end(self, batch, logs=None):
-    loss = (logs or {}).get('loss')
-    if loss is not None and not np.isfinite(float(loss)):
+    logs = logs or {}
+    watched = [logs[k] for k in ('loss', 'probe_loss') if logs.get(k) is not None]
+    if not all(np.isfinite(np.asarray(v, np.float64)).all() for v in watched):
       self.diverged_at = self._ckpt.step
       self.model.stop_training = True
       return

@@ -37,7 +37,8 @@ def main(argv):
     from minc_tf import strategy as strategy_lib
     from minc_tf import train
     # Before anything starts TensorFlow's runtime (the strategy does).
-    train.set_up_determinism(train.deterministic_from_gin())
+    train.set_up_determinism(train.deterministic_from_gin(),
+                             one_op_at_a_time=FLAGS.strategy == 'default')
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)
     if FLAGS.mode == 'study':
       from minc_tf import study

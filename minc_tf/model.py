@@ -277,23 +277,19 @@ class SSLModel(keras.Model):
 def pair_variables(target, online):
   """[(target variable, online variable)] for every variable `online` trains.
 
-  Pairs by layer name and variable name (the two networks come from one builder), and checks
-  shapes, so a structural mismatch fails here rather than as a silent mis-pairing.
+  Pairs by variable path inside the network (layer, then variable name: the two networks come
+  from one builder) and checks shapes, so a structural mismatch fails here rather than as a
+  silent mis-pairing.
   """
+  by_path = {v.path: v for v in target.weights}
+  if len(by_path) != len(target.weights):
+    raise ValueError(f'{target.name} has two variables with the same path')
   pairs = []
-  for layer in online.layers:
-    if not layer.weights:
-      continue
-    twin = target.get_layer(layer.name)
-    t_by_name = {v.name: v for v in twin.weights}
-    for o in layer.trainable_weights:
-      t = t_by_name.get(o.name)
-      if t is None or tuple(t.shape) != tuple(o.shape):
-        raise ValueError(f'{target.name} has no variable matching {o.path} {tuple(o.shape)}')
-      pairs.append((t, o))
-  if len(pairs) != len(online.trainable_weights):
-    raise ValueError(f'paired {len(pairs)} of the {len(online.trainable_weights)} variables '
-                     f'{online.name} trains')
+  for o in online.trainable_weights:
+    t = by_path.get(o.path)
+    if t is None or tuple(t.shape) != tuple(o.shape):
+      raise ValueError(f'{target.name} has no variable matching {o.path} {tuple(o.shape)}')
+    pairs.append((t, o))
   return pairs
 
 
@@ -308,8 +304,9 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   predictor: 'none', 'mlp' (hidden predictor_hidden -> projector_dim) or 'linear'.
     Defaults per method when left 'none': byol/simsiam 'mlp', linear_byol 'linear'.
   use_target: EMA target network on/off; None means the method's default (on for byol and
-    linear_byol; off for the rest, MINC included: measured best, docs/method.md). MINC without a
-    target uses sg(online outputs).
+    linear_byol; off for the rest, MINC included: chosen when the ablation's target was frozen
+    by a since-fixed bug, see docs/method.md for the live-target rerun). MINC without a target
+    uses sg(online outputs).
   mu: output scale control, radial clip ||z|| <= sqrt(mu) (MINC, Spectral); None disables it.
   summary_decay: EMA decay of MINC's second-moment summary; 0 uses the current batch only.
   summary_source: 'target' or 'online' outputs feed the summary; summary_centered subtracts
@@ -326,7 +323,7 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   if predictor == 'none':
     predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
   if use_target is None:
-    # MINC without a target measured best in the ablation (docs/method.md).
+    # MINC: no target, as chosen by the first ablation (docs/method.md has the live rerun).
     use_target = method in ('byol', 'linear_byol')
 
   def online_and_target(prefix):

@@ -31,26 +31,31 @@ MODES = ('train', 'eval', 'export', 'train_and_eval')
 CHECKPOINT = 'checkpoint.weights.h5'
 
 
-def set_up_determinism(deterministic):
+def set_up_determinism(deterministic, one_op_at_a_time=True):
   """What run.deterministic needs from TensorFlow, some of it before its runtime starts.
 
-  Op determinism, and ONE inter-op thread: with several, independent ops of the train step
-  run concurrently, and seeded CPU runs on a loaded machine came out different from step 2 on
-  (measured; intra-op threads, the data pipeline and the order of gradients and updates were
-  ruled out, docs/reproducibility.md). TensorFlow fixes the inter-op pool when its runtime
-  starts, so main calls this before it builds the strategy; run() calls it again.
+  Op determinism, and ONE inter-op thread (one_op_at_a_time): with several, independent ops of
+  the train step run concurrently, and seeded CPU runs on a loaded machine came out different
+  from step 2 on (measured; intra-op threads, the data pipeline and the order of gradients and
+  updates were ruled out, docs/reproducibility.md). TensorFlow fixes the inter-op pool when its
+  runtime starts, so main calls this before it builds the strategy; run() calls it again.
+  Multi-replica strategies keep their inter-op pool (their collectives run side by side), so
+  for them only op determinism is set.
   """
   if not deterministic:
     return
   tf.config.experimental.enable_op_determinism()
+  if not one_op_at_a_time:
+    return
   try:
     tf.config.threading.set_inter_op_parallelism_threads(1)
   except RuntimeError:  # the runtime has started: only the environment could have set it.
     if os.environ.get('TF_NUM_INTEROP_THREADS') != '1':
       raise UserError('run.deterministic=True needs TensorFlow to run one op at a time, which '
-                      'is fixed when its runtime starts, and it has started already. Fix: '
-                      'launch with `python -m minc_tf.main` (it sets this first), or set '
-                      'TF_NUM_INTEROP_THREADS=1 in the environment.') from None
+                      'is fixed when its runtime starts, and it has started already (run.'
+                      'deterministic set outside the top-level gin config, or train.run called '
+                      'from your own program). Fix: set TF_NUM_INTEROP_THREADS=1 in the '
+                      'environment before launching.') from None
 
 
 def deterministic_from_gin():
@@ -127,7 +132,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   _check_writable(model_dir)
   if seed is not None:
     keras.utils.set_random_seed(seed)
-  set_up_determinism(deterministic)
+  # The default strategy is the single-device one; others keep their inter-op pool.
+  set_up_determinism(deterministic, one_op_at_a_time=strategy is tf.distribute.get_strategy())
   if deterministic and os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
     logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
                     'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
