@@ -7,7 +7,10 @@ way, so a kill at any moment leaves the previous checkpoint loadable; Checkpoint
 the last K. It works on local disks and gs:// alike, under every strategy.
 """
 
+import os
+import re
 import signal
+import time
 
 from absl import logging
 import keras
@@ -29,8 +32,38 @@ class Checkpointer:
                                  trainable=False, name='data_seed')
     self._ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
                                      data_seed=self.data_seed)
-    self._manager = tf.train.CheckpointManager(self._ckpt, directory, max_to_keep=keep)
     self.directory = directory
+    self._keep = keep
+    self._manager = self._open_manager()
+    self.damaged = []  # newer checkpoints a restore skipped as unreadable, with the reason
+
+  def _files_on_disk(self):
+    """Checkpoint prefixes whose index file is on disk, oldest first (by step)."""
+    prefixes = [p[:-len('.index')] for p in tf.io.gfile.glob(
+        os.path.join(self.directory, 'ckpt-*.index'))]
+    return sorted(prefixes, key=lambda p: int(re.search(r'ckpt-(\d+)$', p).group(1)))
+
+  def _open_manager(self):
+    """A CheckpointManager over `directory`, its `checkpoint` index rebuilt from the files on
+    disk when it is damaged, missing or lags behind them (a torn write, a copy without it):
+    without that, a finished run would look untrained."""
+    try:
+      manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=self._keep)
+      listed = set(manager.checkpoints)
+    except Exception as e:  # pylint: disable=broad-except  (text-format errors vary by damage)
+      logging.warning('The checkpoint index in %s is unreadable (%s).', self.directory,
+                      type(e).__name__)
+      manager, listed = None, set()
+    on_disk = self._files_on_disk()
+    if on_disk and not set(on_disk) <= listed:
+      logging.warning('Rebuilding the checkpoint index of %s from the checkpoint files on disk '
+                      '(%s).', self.directory, ', '.join(os.path.basename(p) for p in on_disk))
+      index = os.path.join(self.directory, 'checkpoint')
+      if tf.io.gfile.exists(index):  # kept for inspection, never deleted
+        tf.io.gfile.rename(index, index + f'.damaged-{int(time.time())}', overwrite=True)
+      _write_index(self.directory, on_disk)
+      manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=self._keep)
+    return manager
 
   def build_optimizer(self):
     """Creates the optimizer's slots for the online variables, in that order: checkpoints
@@ -60,54 +93,110 @@ class Checkpointer:
     return self.step
 
   def restore_latest(self, required=False):
-    """Restores the newest loadable checkpoint; returns its step (0 when there is none).
+    """Restores the newest readable checkpoint; returns its step (0 when there is none).
 
-    A checkpoint that fails to load (torn or corrupted files) is skipped with a warning and the
-    previous one is tried.
+    A checkpoint whose files are damaged (torn, truncated) is skipped with a warning, and named
+    in `damaged`, and the previous one is tried. A readable checkpoint that does not fit the
+    model (another architecture or method) is not damage: that raises a UserError, as does a
+    directory whose checkpoints are all unreadable, so a run is never restarted over them.
     """
     self.build_optimizer()
+    self.damaged = []
     for path in reversed(self._manager.checkpoints):
       try:
         return self.restore(path)
       except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
-        # A torn or corrupted file surfaces as any of these, depending on where it broke.
-        logging.warning('Checkpoint %s could not be loaded (%s: %s); trying the previous one.',
-                        path, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+        error = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+        damage = _damage(path)
+        if damage is None:
+          raise UserError(
+              f'The checkpoint {path} is readable but does not fit the model this '
+              f'configuration builds ({error[:300]}): it was written by another configuration. '
+              'Fix: rerun with the configuration that wrote it (its config.gin), or use '
+              'another --model_dir.') from None
+        self.damaged.append((path, damage))
+        logging.warning('Checkpoint %s could not be loaded (%s); trying the previous one.',
+                        path, damage)
+    if self.damaged:
+      raise UserError(
+          f'No checkpoint in {self.directory} can be read: ' +
+          '; '.join(f'{os.path.basename(p)}: {d}' for p, d in self.damaged) +
+          '. Nothing was changed. Fix: restore the files from a backup, or move the directory '
+          'aside to start the run over.')
     if required:
-      raise UserError(f'No loadable checkpoint in {self.directory}. Fix: train first '
+      raise UserError(f'No checkpoint in {self.directory}. Fix: train first '
                       '(--mode=train) or point --model_dir at a trained run.')
     return 0
 
 
-class TrainingGuard(keras.callbacks.Callback):
-  """Periodic checkpoints, a NaN / Inf guard and a SIGTERM (preemption) handler.
+def _write_index(directory, prefixes):
+  """Writes the `checkpoint` index (a CheckpointState text proto) listing `prefixes`, oldest
+  first, as CheckpointManager writes it: relative paths and save times, which it needs to list
+  them (the files' modification times stand in)."""
+  times = [tf.io.gfile.stat(p + '.index').mtime_nsec / 1e9 for p in prefixes]
+  names = [os.path.basename(p) for p in prefixes]
+  lines = [f'model_checkpoint_path: "{names[-1]}"']
+  lines += [f'all_model_checkpoint_paths: "{n}"' for n in names]
+  lines += [f'all_model_checkpoint_timestamps: {t!r}' for t in times]
+  lines.append(f'last_preserved_timestamp: {min(times) - 1.0!r}')
+  path = os.path.join(directory, 'checkpoint')
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
-  Every `every_steps` steps and at each epoch end it saves a checkpoint, unless the loss has
-  become non-finite: then it stops training without saving, so the last good checkpoint stays
-  the newest, and `diverged_at` names the step. On SIGTERM it saves at the end of the current
-  step and stops; `preempted` is then True.
+
+def _damage(path):
+  """Why the checkpoint at `path` cannot be read (None when every tensor reads back)."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, ValueError, OSError, IndexError) as e:
+    return f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+  return None
+
+
+class TrainingGuard(keras.callbacks.Callback):
+  """Periodic checkpoints, a NaN / Inf guard and a SIGTERM / SIGINT handler.
+
+  It saves a checkpoint every `every_steps` steps or `every_secs` seconds, whichever comes
+  first, and at each epoch end, unless the loss has become non-finite: then it stops training
+  without saving, so the last good checkpoint stays the newest, and `diverged_at` names the
+  step. On SIGTERM (preemption) or SIGINT (Ctrl-C) it saves at the end of the current step and
+  stops; `preempted` then names the signal. A second Ctrl-C interrupts at once.
   """
 
-  def __init__(self, checkpointer, every_steps=1000):
+  def __init__(self, checkpointer, every_steps=1000, every_secs=None):
     super().__init__()
     self._ckpt = checkpointer
-    self._every = max(int(every_steps), 1)
+    self._every = max(int(every_steps), 1) if every_steps else None
+    self._every_secs = every_secs
     self._last_saved = None
-    self._sigterm = False
-    self.preempted = False
+    self._last_saved_time = None
+    self._signal = None
+    self.preempted = None
     self.diverged_at = None
-    self._previous_handler = None
+    self._previous_handlers = {}
 
   def on_train_begin(self, logs=None):
     self._last_saved = self._ckpt.step
-    try:
-      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-    except ValueError:  # not the main thread: no handler, periodic checkpoints still run.
-      self._previous_handler = None
+    self._last_saved_time = time.time()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+      except ValueError:  # not the main thread: no handler, periodic checkpoints still run.
+        pass
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    self._sigterm = True
+  def _on_signal(self, signum, frame):
+    del frame
+    if self._signal == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the step
+    self._signal = signum
+
+  def _save(self):
+    self._ckpt.save()
+    self._last_saved = self._ckpt.step
+    self._last_saved_time = time.time()
 
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
@@ -117,20 +206,19 @@ class TrainingGuard(keras.callbacks.Callback):
       self.model.stop_training = True
       return
     step = self._ckpt.step
-    if self._sigterm:
-      self._ckpt.save()
-      self._last_saved = step
-      self.preempted = True
+    if self._signal is not None:
+      self._save()
+      self.preempted = signal.Signals(self._signal).name
       self.model.stop_training = True
-    elif step - self._last_saved >= self._every:
-      self._ckpt.save()
-      self._last_saved = step
+    elif ((self._every and step - self._last_saved >= self._every) or
+          (self._every_secs and time.time() - self._last_saved_time >= self._every_secs)):
+      self._save()
 
   def on_epoch_end(self, epoch, logs=None):
     if self.diverged_at is None and not self.preempted and self._ckpt.step != self._last_saved:
-      self._ckpt.save()
-      self._last_saved = self._ckpt.step
+      self._save()
 
   def on_train_end(self, logs=None):
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
+    for sig, handler in self._previous_handlers.items():
+      signal.signal(sig, handler)
+    self._previous_handlers = {}

@@ -20,6 +20,9 @@ def parse_gin(files, bindings):
   # `include 'gin/...'` resolves from the repository root as well as from the working dir.
   gin.add_config_file_search_path(REPO_ROOT)
   for path in files:
+    if path and (os.path.isdir(path) or os.path.isdir(os.path.join(REPO_ROOT, path))):
+      raise UserError(f'--gin_file={path} is a directory. Fix: name a gin file, e.g. '
+                      f'--gin_file={os.path.join(path, "minc.gin")}.')
     if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
       shipped = ', '.join(sorted(os.listdir(GIN_DIR))) if os.path.isdir(GIN_DIR) else ''
       raise UserError(f'The gin file {path} does not exist. Fix: pass an existing file to '

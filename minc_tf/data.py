@@ -12,6 +12,8 @@ each host reads only its shard and batches its replicas' share of the global bat
 
 import gzip
 import os
+import shutil
+import zlib
 
 from absl import logging
 import gin
@@ -30,8 +32,13 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 def read_idx(path):
   """Reads one (optionally gzipped) IDX file into a NumPy array."""
   opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rb') as f:
-    data = f.read()
+  try:
+    with opener(path, 'rb') as f:
+      data = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise UserError(f'{path} is damaged ({type(e).__name__}: {e}): a truncated or corrupt gzip '
+                    'file. Fix: re-download it, or re-install it (apt-get install --reinstall '
+                    'dataset-fashion-mnist).') from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
     raise UserError(f'{path} is not an IDX file of unsigned bytes (bad magic number); '
                     're-install it (apt-get install --reinstall dataset-fashion-mnist).')
@@ -45,21 +52,45 @@ def read_idx(path):
 
 
 def _fashion_mnist_arrays(idx_dir, data_dir):
-  """{'train': (images [N,28,28,1] uint8, labels [N] int64), 'test': ...}."""
+  """{'train': (images [N,28,28,1] uint8, labels [N] int64), 'test': ...}.
+
+  idx_dir None: Debian's directory when it holds the files, else a TFDS download. An idx_dir
+  given explicitly must hold the four files: no download is tried in its place.
+  """
+  explicit = idx_dir is not None
+  idx_dir = idx_dir or FASHION_MNIST_DIR
   paths = {s: [os.path.join(idx_dir, f) for f in files] for s, files in _FMNIST_FILES.items()}
-  if all(os.path.exists(p) for ps in paths.values() for p in ps):
+  missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
+  if not missing:
     return {s: (read_idx(ps[0])[..., None], read_idx(ps[1]).astype(np.int64))
             for s, ps in paths.items()}
+  if explicit:
+    present = sorted(os.listdir(idx_dir)) if os.path.isdir(idx_dir) else None
+    found = ('it does not exist' if present is None else
+             f'it holds {", ".join(present[:8]) or "nothing"}' + (' ...' if len(present) > 8 else ''))
+    raise UserError(
+        f'load_data.idx_dir={idx_dir!r} lacks {", ".join(os.path.basename(p) for p in missing)} '
+        f'({found}). Fix: put the four Fashion-MNIST files '
+        f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} there, or unbind '
+        'load_data.idx_dir to use Debian\'s package or a TFDS download.')
+  import tensorflow_datasets as tfds
+  where = data_dir or os.path.expanduser('~/tensorflow_datasets')
+  logging.warning('No Fashion-MNIST IDX files in %s; downloading fashion_mnist with TFDS into '
+                  '%s (needs the internet).', idx_dir, where)
+  folder = os.path.join(where, 'fashion_mnist')
+  existed = os.path.exists(folder)
   try:
-    import tensorflow_datasets as tfds
     splits = tfds.load('fashion_mnist', split=['train', 'test'], batch_size=-1,
                        as_supervised=True, data_dir=data_dir, download=True)
     return {s: tuple(np.asarray(a) for a in tfds.as_numpy(d)) for s, d in
             zip(('train', 'test'), splits)}
   except Exception as e:  # network, permissions, partial downloads: all need the same fix.
+    if not existed and not where.startswith(('gs://', 's3://')):
+      shutil.rmtree(folder, ignore_errors=True)  # no half-built dataset left behind
     raise UserError(
-        f'Fashion-MNIST not found: no IDX files in {idx_dir} and TFDS could not load '
-        f"'fashion_mnist' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+        f'Fashion-MNIST not found: no IDX files in {idx_dir}, and the TFDS download of '
+        f"'fashion_mnist' into {where} failed ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). "
         'Fix: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put the four files '
         f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} in a directory and bind '
         "load_data.idx_dir='<dir>', or run where TFDS can download 'fashion_mnist'.") from None
@@ -318,13 +349,14 @@ def _folder_source(image_dir, on_corrupt, eval_every):
 
 
 @gin.configurable
-def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=FASHION_MNIST_DIR,
+def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
               image_dir=None, channels=3, on_corrupt='skip', eval_every=10,
               train_split='train', eval_split='validation', num_train=None, mean=None, std=None,
               cache=False):
   """Returns the ImageData for `name`: 'fashion_mnist', 'image_folder' or a TFDS dataset name.
 
-  data_dir: TFDS data dir (local path or gs://); idx_dir: where the Fashion-MNIST IDX files are.
+  data_dir: TFDS data dir (local path or gs://); idx_dir: where the Fashion-MNIST IDX files are
+    (None: Debian's dataset-fashion-mnist directory, else a TFDS download).
   image_dir ('image_folder'): <image_dir>/<class>/<image>, or with train/ and validation/ (val/,
     test/) sub-folders; otherwise every eval_every-th image per class is held out for eval.
     on_corrupt: 'skip' (count, warn) or 'fail' (error naming the file). channels: 3 or 1.

@@ -1,9 +1,54 @@
-"""The one exception type for problems the user can fix (bad config, missing data, ...).
+"""The one exception type for problems the user can fix (bad config, missing data, ...), and
+the checks that turn a setting out of its range into one.
 
 main.py prints its message (which names the problem and the fix) without a traceback and exits
 with status 2; everything else is a bug and keeps its traceback.
 """
 
+import numbers
+
 
 class UserError(Exception):
   """A problem in the user's input, with a message that says how to fix it."""
+
+
+def is_int(value):
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def int_at_least(low, optional=False):
+  """(predicate, description) of an integer >= low (or None when optional)."""
+  return ((lambda v: (optional and v is None) or (is_int(v) and v >= low)),
+          f'an integer >= {low}' + (' or None' if optional else ''))
+
+
+def real_in(low, high, low_open=False, high_open=False, optional=False):
+  """(predicate, description) of a number in the interval, e.g. real_in(0, 1, high_open=True)
+  for [0, 1); None allowed when optional."""
+  def ok(v):
+    if optional and v is None:
+      return True
+    if not is_real(v) or v != v:  # NaN is no number here
+      return False
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    return above and below
+  interval = (('(' if low_open else '[') + f'{low}, {high}' + (')' if high_open else ']'))
+  return ok, f'a number in {interval}' + (' or None' if optional else '')
+
+
+def one_of(choices):
+  return (lambda v: v in choices), 'one of ' + ', '.join(repr(c) for c in choices)
+
+
+def require(binding, value, check):
+  """Raises a UserError naming the binding, its value and what it must be, unless the value
+  passes `check`, a (predicate, description) pair such as int_at_least(1)."""
+  ok, allowed = check
+  if not ok(value):
+    raise UserError(f'{binding} = {value!r} is not allowed: it must be {allowed}. Fix: bind '
+                    f'{binding} to {allowed} (in the gin file or --gin_bindings).')

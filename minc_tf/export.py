@@ -2,14 +2,17 @@
 
 <export_dir>/ holds a SavedModel whose `serve` endpoint maps uint8 images [N, H, W, C] to float32
 features [N, D] (scaling and normalisation inside), and <export_dir>/encoder.keras, the same
-model as a Keras file. Loading either needs only TensorFlow / Keras.
+model as a Keras file, and export_info.json the training step it was taken at. Loading either
+needs only TensorFlow / Keras.
 """
 
+import json
 import os
 import shutil
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def serving_model(encoder, mean, std):
@@ -26,13 +29,28 @@ def serving_model(encoder, mean, std):
   return keras.Model(inputs, features, name='minc_tf_encoder')
 
 
-def export_encoder(encoder, mean, std, export_dir):
-  """Writes the SavedModel and encoder.keras to export_dir, replacing it atomically."""
+INFO = 'export_info.json'
+
+
+def exported_step(export_dir):
+  """The training step of the encoder in export_dir (None: no export, or one without it)."""
+  try:
+    with tf.io.gfile.GFile(os.path.join(export_dir, INFO)) as f:
+      return int(json.load(f)['step'])
+  except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
+    return None
+
+
+def export_encoder(encoder, mean, std, export_dir, step=None):
+  """Writes the SavedModel, encoder.keras and export_info.json ({'step': step}) to export_dir,
+  replacing it atomically."""
   model = serving_model(encoder, mean, std)
   tmp = export_dir.rstrip('/') + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   model.export(tmp, format='tf_saved_model', verbose=False)
   model.save(os.path.join(tmp, 'encoder.keras'))
+  with tf.io.gfile.GFile(os.path.join(tmp, INFO), 'w') as f:
+    json.dump({'step': step}, f)
   old = export_dir.rstrip('/') + '.old'
   if os.path.exists(export_dir):
     os.replace(export_dir, old)

@@ -26,6 +26,9 @@ flags.DEFINE_enum('mode', 'train_and_eval',
                   ['train', 'eval', 'export', 'train_and_eval', 'study'],
                   'What to do with the model dir (study: run_study, e.g. gin/study_ablation.gin).')
 flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
+flags.DEFINE_bool('allow_config_change', False,
+                  'Continue a model dir whose recorded defining settings (run_identity.json) '
+                  'differ from this configuration (e.g. a lower learning rate after a NaN).')
 
 
 def main(argv):
@@ -45,7 +48,13 @@ def main(argv):
       rows = study.run_study(FLAGS.model_dir, strategy)
       results = {r['variant']: r.get('probe_top1') for r in rows}
     else:
-      results = train.run(FLAGS.mode, FLAGS.model_dir, strategy)
+      results = train.run(FLAGS.mode, FLAGS.model_dir, strategy,
+                          allow_config_change=FLAGS.allow_config_change)
+  except KeyboardInterrupt:
+    # Ctrl-C outside training (training saves and returns), or a second one during a step.
+    print('\nminc_tf: interrupted. Checkpoints already written are kept; rerun the same command '
+          'to resume.', file=sys.stderr)
+    sys.exit(130)
   except UserError as e:
     if FLAGS.verbose:
       raise

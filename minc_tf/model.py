@@ -24,7 +24,7 @@ import tensorflow as tf
 from minc_tf import losses
 from minc_tf import networks
 from minc_tf import optim
-from minc_tf.errors import UserError
+from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
 
 METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
 
@@ -317,9 +317,20 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   """
   if byol_preset is not None:
     tau_base = optim.preset(byol_preset)[2]
-  if method not in METHODS:
-    raise UserError(f'unknown method {method!r}: build_model.method must be one of '
-                    f'{", ".join(METHODS)}.')
+  require('build_model.method', method, one_of(METHODS))
+  widths = (lambda v: isinstance(v, (list, tuple)) and all(int_at_least(1)[0](w) for w in v),
+            'a list of integers >= 1')
+  require('build_model.projector_hidden', projector_hidden, widths)
+  require('build_model.projector_dim', projector_dim, int_at_least(1))
+  require('build_model.predictor', predictor, one_of(('none', 'mlp', 'linear')))
+  require('build_model.predictor_hidden', predictor_hidden, widths)
+  require('build_model.use_target', use_target, one_of((None, True, False)))
+  require('build_model.mu', mu, real_in(0, math.inf, low_open=True, optional=True))
+  require('build_model.temperature', temperature, real_in(0, math.inf, low_open=True))
+  require('build_model.summary_decay', summary_decay, real_in(0, 1, high_open=True))
+  require('build_model.summary_source', summary_source, one_of(('target', 'online')))
+  # tau = 1 would freeze the target at its initialisation.
+  require('build_model.tau_base', tau_base, real_in(0, 1, high_open=True))
   if predictor == 'none':
     predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
   if use_target is None:

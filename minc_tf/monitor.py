@@ -11,15 +11,24 @@ The same scalars go to a curves file (JSON, rewritten atomically at each epoch e
 across a resumed run) from which plots.py draws the run's PNG.
 """
 
+import contextlib
 import json
 import os
 import time
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
 
 from minc_tf import model as model_lib
+
+
+# results.json figures a run's HParams carry as metrics, written as `results/<name>` scalars.
+HPARAM_METRICS = ('probe_top1', 'knn_top1', 'linear_eval_top1', 'random_init_top1',
+                  'raw_pixel_top1', 'feature_effective_rank', 'final_loss', 'final_probe_train_acc',
+                  'pretrain_wall_time_s')
 
 
 def _scalar(value):
@@ -43,16 +52,41 @@ def effective_rank(eigenvalues):
   return float(np.exp(-np.sum(p * np.log(p))))
 
 
+def writing(writer, step):
+  """`writer` as the default at `step`, recording whatever Keras' callback has installed.
+
+  Keras' TensorBoard callback with an integer update_freq installs a thread-wide
+  `tf.summary.record_if(step % update_freq == 0)` for the whole of fit(), of its last batch's
+  step: without this, a summary written at any other step (every epoch end whose step is not a
+  multiple of the cadence, the feature rank) is silently dropped.
+  """
+  stack = contextlib.ExitStack()
+  stack.enter_context(writer.as_default(step=step))
+  stack.enter_context(tf.summary.record_if(True))
+  return stack
+
+
 class TensorBoard(keras.callbacks.TensorBoard):
-  """Keras' TensorBoard callback with batch-level steps that continue across resumed runs.
+  """Keras' TensorBoard callback on the optimizer's step: batch and epoch scalars share one
+  x-axis that continues across resumed runs.
 
   Keras counts batches from 0 in every fit() call, so a resumed run would draw its curve over
-  the previous one; the optimizer's step count is the true x-axis.
+  the previous one, and it writes the epoch scalars at the epoch's index; the optimizer's step
+  count is the true x-axis for both. Epoch scalars are written whatever the batch cadence
+  (see `writing`).
   """
 
   def on_train_begin(self, logs=None):
     super().on_train_begin(logs)
     self._global_train_batch = int(self.model.optimizer.iterations.numpy())
+
+  def on_epoch_end(self, epoch, logs=None):
+    with tf.summary.record_if(True):
+      super().on_epoch_end(epoch, logs)
+
+  def _log_epoch_metrics(self, epoch, logs):
+    del epoch  # the epoch's last step instead
+    super()._log_epoch_metrics(int(self.model.optimizer.iterations.numpy()), logs)
 
 
 class Monitor(keras.callbacks.Callback):
@@ -109,7 +143,7 @@ class Monitor(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     step = self._step()
     self.curves = self._load_curves(step)
-    with self._writer.as_default(step=step):
+    with writing(self._writer, step):
       if not self.curves.get('feature_effective_rank'):
         self._feature_rank(step)
       if self._config_text:
@@ -126,13 +160,13 @@ class Monitor(keras.callbacks.Callback):
   def on_train_batch_end(self, batch, logs=None):
     step = self._step()
     if self._rank_every and step % self._rank_every == 0:
-      with self._writer.as_default(step=step):
+      with writing(self._writer, step):
         self._feature_rank(step)
     if step % self._every:
       return
     model = self.model
     now = time.time()
-    with self._writer.as_default(step=step):
+    with writing(self._writer, step):
       for name, value in (logs or {}).items():  # running means over the epoch so far
         self.curves.setdefault(f'train/{name}', []).append(
             [step, _scalar(value)])
@@ -162,16 +196,64 @@ class Monitor(keras.callbacks.Callback):
       self.curves.setdefault(f'epoch/{name}', []).append(
           [step, _scalar(value)])
     if not self._rank_every:
-      with self._writer.as_default(step=step):
+      with writing(self._writer, step):
         self._feature_rank(step)
     self.save_curves()
     if not self._histograms:
       return
-    with self._writer.as_default(step=step):
-      for w in self.model.encoder.trainable_weights + self.model.projector.trainable_weights:
-        tf.summary.histogram(w.path, w.numpy())
+    with writing(self._writer, step):
+      for part in ('encoder', 'projector'):  # variable paths are only unique within each
+        for w in getattr(self.model, part).trainable_weights:
+          tf.summary.histogram(f'{part}/{w.path}', w.numpy())
     self._writer.flush()
 
   def on_train_end(self, logs=None):
     self.save_curves()
     self._writer.flush()
+
+
+def binding_key(binding):
+  """'build_model.summary_decay' for a gin binding 'build_model.summary_decay = 0.9' (or its
+  module-qualified or scoped spelling, the scope kept): the key HParams use for a setting."""
+  lhs = binding.split('=', 1)[0].strip()
+  scope, _, selector = lhs.rpartition('/')
+  key = '.'.join(selector.split('.')[-2:])
+  return f'{scope}/{key}' if scope else key
+
+
+def gin_hparams():
+  """Every parameter of every configurable this run has called, bound or default, as HParams
+  values (bool, int, float or str; other values as text), keyed like `binding_key`."""
+  out = {}
+  # gin has no public accessor for the operative values; its text form is for reading.
+  for (scope, selector), params in gin.config._OPERATIVE_CONFIG.items():
+    for name, value in params.items():
+      key = binding_key(f'{scope + "/" if scope else ""}{selector}.{name}')
+      if isinstance(value, (np.generic,)):
+        value = value.item()
+      out[key] = value if isinstance(value, (bool, int, float, str)) else repr(value)
+  return out
+
+
+def write_hparams(log_dir, results, step=0):
+  """The run's settings (gin_hparams) and its results figures (HPARAM_METRICS) for TensorBoard's
+  HParams dashboard, to <log_dir>/hparams: one session per run dir, its metrics beside it."""
+  writer = tf.summary.create_file_writer(os.path.join(log_dir, 'hparams'))
+  with writing(writer, step):
+    hp.hparams(gin_hparams())
+    for name in HPARAM_METRICS:
+      value = results.get(name)
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        tf.summary.scalar(f'results/{name}', float(value))
+  writer.close()
+
+
+def write_hparams_config(log_dir, keys):
+  """The HParams experiment of a study at its root: the settings `keys` it varies (columns of
+  the dashboard) and the results figures as metrics."""
+  writer = tf.summary.create_file_writer(log_dir)
+  with writing(writer, 0):
+    hp.hparams_config(hparams=[hp.HParam(k) for k in keys],
+                      metrics=[hp.Metric(f'results/{m}', display_name=m)
+                               for m in HPARAM_METRICS])
+  writer.close()

@@ -6,9 +6,13 @@ EMA target) is one more call away. Batch normalisation is synchronised across re
 per-replica batches, hands a contrastive model a shortcut.
 """
 
+import math
+
 import gin
 import keras
 from keras import layers
+
+from minc_tf.errors import int_at_least, one_of, real_in, require
 
 
 def _bn(sync_bn, gamma_zero=False, name=None):
@@ -66,6 +70,13 @@ def build_encoder(input_shape, depth=50, width_multiplier=1, small_images=False,
   D = 4 * base_width * width_multiplier * 2^(stages-1) for bottlenecks, a quarter of that for
   basic blocks.
   """
+  require('build_encoder.depth', depth, one_of(sorted(_DEPTHS)))
+  require('build_encoder.base_width', base_width, int_at_least(1))
+  require('build_encoder.width_multiplier', width_multiplier, real_in(0, math.inf, low_open=True))
+  require('build_encoder.stage_blocks', stage_blocks, (
+      lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) >= 1 and
+                              all(int_at_least(1)[0](b) for b in v)),
+      'None or a non-empty list of integers >= 1'))
   kind, blocks = _DEPTHS[depth]
   if stage_blocks is not None:
     blocks = list(stage_blocks)

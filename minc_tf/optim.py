@@ -1,8 +1,12 @@
 """Optimisers and schedules: LARS (Keras 3 has none), warmup-cosine learning rate, presets."""
 
+import math
+
 import gin
 import keras
 from keras import ops
+
+from minc_tf.errors import one_of, real_in, require
 
 # BYOL's presets by epoch budget (Grill et al. 2020; facts.md): base lr, weight decay, tau_base.
 BYOL_PRESETS = {100: (0.45, 1e-6, 0.99), 300: (0.3, 1e-6, 0.99), 1000: (0.2, 1.5e-6, 0.996)}
@@ -79,6 +83,13 @@ def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', bas
   """
   if byol_preset is not None:
     base_lr, weight_decay, _ = preset(byol_preset)
+  require('build_optimizer.name', name, one_of(('lars', 'sgd', 'adamw')))
+  require('build_optimizer.base_lr', base_lr, real_in(0, math.inf, low_open=True))
+  require('build_optimizer.weight_decay', weight_decay, real_in(0, math.inf))
+  require('build_optimizer.momentum', momentum, real_in(0, 1, high_open=True))
+  require('build_optimizer.warmup_epochs', warmup_epochs, real_in(0, epochs))
+  require('build_optimizer.trust_coefficient', trust_coefficient,
+          real_in(0, math.inf, low_open=True))
   total = steps_per_epoch * epochs
   schedule = warmup_cosine(base_lr * global_batch_size / 256, total,
                            int(round(warmup_epochs * steps_per_epoch)))
@@ -94,6 +105,5 @@ def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', bas
 
 def preset(epochs):
   """(base_lr, weight_decay, tau_base) of BYOL for a 100, 300 or 1000 epoch budget."""
-  if epochs not in BYOL_PRESETS:
-    raise ValueError(f'BYOL presets exist for {sorted(BYOL_PRESETS)} epochs, not {epochs}')
+  require('byol_preset (of build_optimizer / build_model)', epochs, one_of(sorted(BYOL_PRESETS)))
   return BYOL_PRESETS[epochs]

@@ -16,6 +16,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from minc_tf import monitor
 from minc_tf import plots
 
 # Variants of MINC's open choices (docs/method.md), each a list of gin bindings.
@@ -101,6 +102,10 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
   variants = {label: list(b) for label, b in variants.items()}
   operative = gin.config_str()
+  # The HParams dashboard over <model_dir> shows the settings the variants change.
+  monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
+                                                  for bindings in variants.values()
+                                                  for b in bindings}))
   rows = []
   for i, (label, bindings) in enumerate(variants.items()):
     gin.clear_config()

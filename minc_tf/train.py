@@ -6,6 +6,7 @@ flags and gin and calls run().
 """
 
 import json
+import math
 import os
 import time
 
@@ -25,9 +26,13 @@ from minc_tf import monitor
 from minc_tf import networks
 from minc_tf import optim
 from minc_tf import plots
-from minc_tf.errors import UserError
+from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
+# results.json figures of an evaluation, all of one checkpoint step ('eval_step').
+EVAL_KEYS = ('probe_top1', 'knn_top1', 'random_init_top1', 'raw_pixel_top1', 'feature_dim',
+             'feature_effective_rank', 'eval_wall_time_s', 'linear_eval_top1',
+             'linear_eval_wall_time_s', 'eval_step')
 CHECKPOINT = 'checkpoint.weights.h5'
 
 
@@ -78,6 +83,111 @@ def _check_writable(model_dir):
                     'pass --model_dir=<a directory you can write>.') from None
 
 
+IDENTITY = 'run_identity.json'
+# What a model dir trains: method, architecture, data, views, optimizer and schedule, batch. A
+# rerun with other values would be another run in the same dir.
+_IDENTITY_PREFIXES = ('build_model.', 'build_encoder.', 'build_optimizer.', 'view_transforms.',
+                      'load_data.')
+# Where the data lies, how it is read, and what is evaluated on: not what the run trains.
+_NOT_IDENTITY = ('load_data.data_dir', 'load_data.idx_dir', 'load_data.image_dir',
+                 'load_data.cache', 'load_data.on_corrupt', 'load_data.eval_split',
+                 'load_data.eval_every')
+# What shapes the checkpoint's variables: all an eval or export must agree with.
+_ARCHITECTURE = ('build_model.method', 'build_model.projector_hidden', 'build_model.projector_dim',
+                 'build_model.predictor', 'build_model.predictor_hidden', 'build_model.use_target',
+                 'build_encoder.')
+
+
+def run_identity(**run_settings):
+  """The defining settings of this configuration, {binding: value}, as JSON stores them."""
+  values = {k: v for k, v in monitor.gin_hparams().items()
+            if k.startswith(_IDENTITY_PREFIXES) and k not in _NOT_IDENTITY}
+  values.update({f'run.{k}': v for k, v in run_settings.items()})
+  return json.loads(json.dumps(values))
+
+
+def _check_identity(model_dir, mode, allow_change, identity):
+  """Stops, before anything in model_dir is touched, a rerun whose defining settings differ
+  from those recorded when the run started (eval and export: those that shape the variables)."""
+  path = os.path.join(model_dir, IDENTITY)
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      recorded = json.load(f)['settings']
+    except (ValueError, KeyError, TypeError):
+      logging.warning('%s is damaged; it will be rewritten from this configuration.', path)
+      return
+  keys = sorted(set(recorded) | set(identity))
+  if mode in ('eval', 'export'):
+    keys = [k for k in keys if k.startswith(_ARCHITECTURE)]
+  missing = '(unset)'
+  changed = [f'{k}: {recorded.get(k, missing)!r} -> {identity.get(k, missing)!r}' for k in keys
+             if recorded.get(k, missing) != identity.get(k, missing)]
+  if not changed:
+    return
+  if allow_change and mode not in ('eval', 'export'):
+    logging.warning('--allow_config_change: continuing %s with changed settings: %s', model_dir,
+                    '; '.join(changed))
+    return
+  fix = ('Fix: use another --model_dir for the new configuration' +
+         (', or pass --allow_config_change to continue this run with it (its checkpoints must '
+          'still load).' if mode not in ('eval', 'export') else
+          ', or evaluate with the configuration that trained it (its config.gin).'))
+  raise UserError(f'{model_dir} holds a run of another configuration; nothing was changed. '
+                  f'Settings that differ (recorded -> now): {"; ".join(changed)}. {fix}')
+
+
+def _write_identity(model_dir, identity, allow_change):
+  """Records the checked identity when a training run starts (and on an allowed change)."""
+  path = os.path.join(model_dir, IDENTITY)
+  if tf.io.gfile.exists(path) and not allow_change:
+    return
+  history = []
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      try:
+        old = json.load(f)
+        history = old.get('history', []) + [old['settings']]
+      except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+  _write_json(path, {'settings': identity, 'history': history})
+
+
+def _write_json(path, value):
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=2)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def _check_memory(model, strategy, global_batch_size):
+  """Stops a batch whose activations cannot fit in this host's memory before it is allocated
+  (TensorFlow on CPU dies of it with a segfault, not an error). A lower bound: the float32
+  outputs of every encoder and projector layer, kept for the backward pass, for both views of
+  the host's share of the batch; accelerators report their own out-of-memory errors."""
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # the default strategy: one device, an accelerator when there is one
+    accelerators = tf.config.list_logical_devices('GPU') + tf.config.list_logical_devices('TPU')
+    devices = [accelerators[0].name if accelerators else 'CPU:0']
+  if not all('CPU' in d.upper() for d in devices):
+    return
+  try:
+    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):  # not a POSIX host: no estimate
+    return
+  per_example = sum(math.prod(d or 1 for d in layer.output.shape[1:])
+                    for net in (model.encoder, model.projector) for layer in net.layers)
+  host_batch = global_batch_size * len(devices) // strategy.num_replicas_in_sync
+  need = 4 * per_example * 2 * host_batch
+  if need > ram:
+    raise UserError(f'run.global_batch_size = {global_batch_size} needs at least '
+                    f'{need / 2 ** 30:.0f} GiB for its activations on this host, which has '
+                    f'{ram / 2 ** 30:.0f} GiB of memory. Fix: lower run.global_batch_size to at '
+                    f'most {max(int(global_batch_size * ram / need), 1)}, or use a smaller '
+                    'encoder.')
+
+
 def _save_weights(model, model_dir):
   """Final weights as a Keras file (for users), written to a temporary file and renamed."""
   path = os.path.join(model_dir, CHECKPOINT)
@@ -92,14 +202,15 @@ def _write_text(path, text):
     f.write(text)
 
 
-@gin.configurable(denylist=['mode', 'model_dir', 'strategy'])
+@gin.configurable(denylist=['mode', 'model_dir', 'strategy', 'allow_config_change'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
         knn=True, offline_linear_eval=False, tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
-        checkpoint_every_steps=1000, keep_checkpoints=3):
+        checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
+        allow_config_change=False):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -124,11 +235,34 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     of the encoder's features on that many test images is logged at the start and every so
     many steps (None: feature_rank_per_epoch times an epoch), to TensorBoard and to
     <model_dir>/curves.json, which training.png plots.
-  checkpoint_every_steps / keep_checkpoints: training-state checkpoints in <model_dir>/checkpoints
-    (also at each epoch end and on SIGTERM); a rerun resumes from the newest loadable one.
+  checkpoint_every_steps / checkpoint_every_secs / keep_checkpoints: training-state checkpoints
+    in <model_dir>/checkpoints, every so many steps or seconds, whichever comes first (also at
+    each epoch end and on SIGTERM or Ctrl-C); a rerun resumes from the newest readable one.
+  allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
+    whose recorded defining settings (run_identity.json) differ from this configuration's.
   """
   if mode not in MODES:
     raise UserError(f'Unknown --mode {mode!r}; choose one of {", ".join(MODES)}.')
+  for name, value, check in (
+      ('global_batch_size', global_batch_size, int_at_least(1)),
+      ('epochs', epochs, int_at_least(1)),
+      ('steps_per_epoch', steps_per_epoch, int_at_least(1, optional=True)),
+      ('steps_per_execution', steps_per_execution, int_at_least(1)),
+      ('mixed_precision', mixed_precision,
+       one_of((None, 'float32', 'mixed_float16', 'mixed_bfloat16'))),
+      ('seed', seed, int_at_least(0, optional=True)),
+      ('eval_batch_size', eval_batch_size, int_at_least(1)),
+      ('eval_train_examples', eval_train_examples, int_at_least(1, optional=True)),
+      ('eval_test_examples', eval_test_examples, int_at_least(1, optional=True)),
+      ('tensorboard_update_freq', tensorboard_update_freq, int_at_least(1)),
+      ('feature_rank_every_steps', feature_rank_every_steps, int_at_least(1, optional=True)),
+      ('feature_rank_per_epoch', feature_rank_per_epoch, int_at_least(1)),
+      ('feature_rank_images', feature_rank_images, int_at_least(0)),
+      ('checkpoint_every_steps', checkpoint_every_steps, int_at_least(1, optional=True)),
+      ('checkpoint_every_secs', checkpoint_every_secs,
+       real_in(0, math.inf, low_open=True, optional=True)),
+      ('keep_checkpoints', keep_checkpoints, int_at_least(1))):
+    require(f'run.{name}', value, check)
   _check_writable(model_dir)
   if seed is not None:
     keras.utils.set_random_seed(seed)
@@ -143,10 +277,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                     f'{replicas} replicas of this strategy. Fix: bind '
                     f'run.global_batch_size to a multiple of {replicas}.')
   data = data_lib.load_data()
+  if global_batch_size > data.num_train:
+    raise UserError(f'run.global_batch_size = {global_batch_size} is more than the '
+                    f'{data.num_train} training examples of {data.name}. Fix: bind '
+                    f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
-  if steps_per_epoch < 1:
-    raise UserError(f'{data.name} has {data.num_train} training examples, fewer than one global '
-                    f'batch of {global_batch_size}; lower run.global_batch_size.')
   total_steps = steps_per_epoch * epochs
 
   keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
@@ -156,18 +291,33 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     optimizer = optim.build_optimizer(global_batch_size, steps_per_epoch, epochs)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
+  _check_memory(model, strategy, global_batch_size)
   if augment_on_device:
     _, view1, view2 = augment.view_transforms(data.image_shape[0])
     model.device_views = augment.batch_views(view1, view2, data.mean, data.std)
 
   results = {'method': model.method, 'dataset': data.name, 'epochs': epochs,
              'batch_size': global_batch_size, 'steps': total_steps, 'replicas': replicas}
+  augment.view_transforms(data.image_shape[0])  # so that its settings join the identity
+  identity = run_identity(
+      global_batch_size=global_batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
+      seed=seed, augment_on_device=augment_on_device, mixed_precision=mixed_precision)
+  _check_identity(model_dir, mode, allow_config_change, identity)
   checkpointer = checkpoint.Checkpointer(model, os.path.join(model_dir, 'checkpoints'),
                                          keep=keep_checkpoints)
   if mode in ('train', 'train_and_eval'):
-    _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     with strategy.scope():  # optimizer slots are created on restore
       start_step = checkpointer.restore_latest()
+    previous = _read_results(model_dir)
+    if previous.get('final_step', 0) > start_step and not previous.get('preempted'):
+      unread = ''.join(f' ({os.path.basename(p)} unreadable: {d})' for p, d in checkpointer.damaged)
+      raise UserError(
+          f'{model_dir} holds a run that finished at step {previous["final_step"]}, but its '
+          f'newest readable checkpoint is of step {start_step}{unread}: training from there '
+          'would overwrite the finished run\'s weights, export and results. Nothing was '
+          'changed. Fix: restore the checkpoint files, or train in another --model_dir.')
+    _write_identity(model_dir, identity, allow_config_change)
+    _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     if seed is not None:
       checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
     data_seed = int(checkpointer.data_seed.numpy())
@@ -179,7 +329,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                                             crops_only=augment_on_device,
                                             ordered=seed is not None))
 
-    guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps)
+    guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps,
+                                     every_secs=checkpoint_every_secs)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
     rank_images = None
     if feature_rank_images:
@@ -202,13 +353,20 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                         verbose, guard)
     wall = time.time() - start
     if guard.diverged_at is not None:
+      saved = checkpointer.paths
+      kept = (f'the last good checkpoint, {saved[-1]}, was kept; rerunning the same command '
+              'resumes from it and would diverge again' if saved else
+              'no checkpoint had been written yet')
       raise UserError(
           f'The loss became NaN or infinite at step {guard.diverged_at}; training stopped and '
-          f'the last good checkpoint in {checkpointer.directory} was kept. Fix: lower the '
-          'learning rate (build_optimizer.base_lr), keep the output clip on (build_model.mu), '
-          'or use float32 (run.mixed_precision=None), then rerun to resume.')
+          f'{kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
+          'clip on (build_model.mu > 0), use float32 (run.mixed_precision=None), or check the '
+          'data\'s normalisation (load_data.mean / std), then rerun with '
+          '--allow_config_change to continue this run with the new setting, or start afresh in '
+          'another --model_dir.')
     steps_run = checkpointer.step - start_step
-    previous = _read_results(model_dir) if steps_run == 0 else {}
+    if steps_run:
+      previous = {}
     if previous.get('final_step') == checkpointer.step:
       # A rerun of a finished run trains nothing: keep the figures its training measured.
       results = {**previous, **results}
@@ -227,28 +385,47 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     results['curves'] = 'curves.json'
 
     if guard.preempted:
-      results['preempted'] = True
-      logging.warning('SIGTERM: checkpoint saved at step %d; rerun the same command to resume.',
-                      checkpointer.step)
-      _write_results(model_dir, results)
+      results['preempted'] = guard.preempted
+      logging.warning('%s: checkpoint saved at step %d; rerun the same command to resume.',
+                      guard.preempted, checkpointer.step)
+      _write_results(model_dir, results, checkpointer.step)
       return results
     _save_weights(model, model_dir)
     export_lib.export_encoder(model.encoder, data.mean, data.std,
-                              os.path.join(model_dir, 'export'))
+                              os.path.join(model_dir, 'export'), step=checkpointer.step)
     _write_text(os.path.join(model_dir, 'operative_config.gin'), gin.operative_config_str())
   else:
     with strategy.scope():
       checkpointer.restore_latest(required=True)
+    step = checkpointer.step
+    previous = _read_results(model_dir)
+    if checkpointer.damaged:
+      note = (', '.join(os.path.basename(p) for p, _ in checkpointer.damaged) +
+              f' unreadable; {mode} used the newest readable checkpoint, of step {step}')
+      logging.warning('%s', note)
+      previous[f'{mode}_note'] = note
+    if mode == 'export':
+      exported = export_lib.exported_step(os.path.join(model_dir, 'export'))
+      if exported is not None and exported > step:
+        raise UserError(f'{model_dir}/export holds the encoder of step {exported}, newer than '
+                        f'the newest readable checkpoint (step {step}); it was not replaced. '
+                        'Fix: restore the newer checkpoint files, or export elsewhere.')
+    evaluated = previous.get('eval_step', previous.get('final_step'))
+    if mode == 'eval' and evaluated is not None and evaluated != step:
+      logging.warning('Replacing the evaluation of step %s in results.json with that of step %d.',
+                      evaluated, step)
+      previous = {k: v for k, v in previous.items() if k not in EVAL_KEYS}
     # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
     # and keep what the training run measured (losses, wall time) beside the new figures.
-    results = {**_read_results(model_dir),
+    results = {**previous,
                **{k: v for k, v in results.items() if k not in ('epochs', 'steps')},
-               f'{mode}_checkpoint_step': checkpointer.step}
+               f'{mode}_checkpoint_step': step}
     if mode == 'export':
       export_lib.export_encoder(model.encoder, data.mean, data.std,
-                                os.path.join(model_dir, 'export'))
+                                os.path.join(model_dir, 'export'), step=step)
 
   if mode in ('eval', 'train_and_eval'):
+    results['eval_step'] = checkpointer.step
     results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
                                      eval_test_examples, baselines, knn))
     if offline_linear_eval:
@@ -261,7 +438,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       title += f": linear probe {results['probe_top1']:.2f}%"
     if plots.plot_run(run_monitor.curves, os.path.join(model_dir, 'training.png'), title):
       results['plot'] = 'training.png'
-  _write_results(model_dir, results)
+  _write_results(model_dir, results, checkpointer.step)
   return results
 
 
@@ -289,18 +466,29 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
 
 
 def _read_results(model_dir):
+  """results.json as a dict; a damaged one is set aside (renamed, never deleted) with a warning."""
   path = os.path.join(model_dir, 'results.json')
   if not tf.io.gfile.exists(path):
     return {}
   with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+    text = f.read()
+  try:
+    results = json.loads(text)
+    if isinstance(results, dict):
+      return results
+  except ValueError:
+    pass
+  aside = f'{path}.damaged-{int(time.time())}'
+  tf.io.gfile.rename(path, aside, overwrite=True)
+  logging.warning('%s is not a JSON object (truncated or damaged); set aside as %s.', path, aside)
+  return {}
 
 
-def _write_results(model_dir, results):
-  path = os.path.join(model_dir, 'results.json')
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=2)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+def _write_results(model_dir, results, step):
+  """results.json (atomically), and the same figures with the run's settings as TensorBoard
+  HParams, so `tensorboard --logdir` over many model dirs compares them."""
+  _write_json(os.path.join(model_dir, 'results.json'), results)
+  monitor.write_hparams(os.path.join(model_dir, 'tensorboard'), results, step)
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):

@@ -58,12 +58,21 @@ def test_truncated_idx_file_is_a_clear_error(tmp_path):
     data_lib.read_idx(str(path))
 
 
-def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, monkeypatch):
+def test_missing_fashion_mnist_explains_how_to_get_it_and_cleans_up(tmp_path, monkeypatch):
+  """No Debian files: the TFDS download is tried; when it fails half-way, the error names where
+  it wrote and the half-built dataset folder is gone."""
+  tfds_dir = tmp_path / 'tfds'
+
   def no_network(*a, **k):
+    (tfds_dir / 'fashion_mnist' / '3.0.1.incompleteXYZ').mkdir(parents=True)
     raise ConnectionError('no network')
   monkeypatch.setattr(tfds, 'load', no_network)
-  with pytest.raises(UserError, match='apt-get install dataset-fashion-mnist'):
-    data_lib.load_data('fashion_mnist', idx_dir=str(tmp_path))
+  monkeypatch.setattr(data_lib, 'FASHION_MNIST_DIR', str(tmp_path / 'no_debian_package'))
+  with pytest.raises(UserError, match=f'download of .fashion_mnist. into {tfds_dir} failed '
+                                      r'\(ConnectionError: no network\).*apt-get install '
+                                      'dataset-fashion-mnist'):
+    data_lib.load_data('fashion_mnist', data_dir=str(tfds_dir))
+  assert not (tfds_dir / 'fashion_mnist').exists()
 
 
 def test_mock_imagenet_fused_decode_and_shards_per_input_pipeline():

@@ -177,5 +177,6 @@ def test_missing_gin_file_is_a_clear_error(tmp_path):
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   proc = cli('--gin_file=gin/quickstart.gin', f'--model_dir={tmp_path}', '--mode=eval')
-  assert proc.returncode == 2 and 'No loadable checkpoint' in proc.stderr
+  assert proc.returncode == 2 and 'No checkpoint in' in proc.stderr
+  assert 'train first' in proc.stderr
   assert 'Traceback' not in proc.stderr

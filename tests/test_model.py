@@ -228,7 +228,7 @@ def test_target_is_excluded_from_the_optimizer_and_normalises_with_batch_statist
 
 
 def test_unknown_method_is_rejected():
-  with pytest.raises(UserError, match='unknown method'):
+  with pytest.raises(UserError, match="build_model.method = 'mnic' is not allowed"):
     model_lib.build_model(SHAPE, method='mnic')
 
 

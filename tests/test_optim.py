@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from minc_tf import optim
+from minc_tf.errors import UserError
 
 
 def np_lars(w, g, v, lr, momentum=0.9, wd=1e-4, eta=1e-3):
@@ -59,14 +60,14 @@ def test_build_optimizer_scales_lr_with_batch():
   opt.build([keras.Variable(np.zeros((2, 2), np.float32))])
   opt.iterations.assign(100)  # the end of the 10 warmup epochs
   np.testing.assert_allclose(float(opt.learning_rate), 0.3 * 16, rtol=1e-5)
-  with pytest.raises(ValueError, match='unknown optimizer'):
+  with pytest.raises(UserError, match="build_optimizer.name = 'lamb' is not allowed"):
     optim.build_optimizer(256, 1, 1, name='lamb')
 
 
 def test_byol_presets():
   assert optim.preset(300) == (0.3, 1e-6, 0.99)
   assert optim.preset(1000) == (0.2, 1.5e-6, 0.996)
-  with pytest.raises(ValueError):
+  with pytest.raises(UserError, match='byol_preset .* = 200 is not allowed'):
     optim.preset(200)
   opt = optim.build_optimizer(256, 100, 100, byol_preset=100, warmup_epochs=0)
   opt.build([keras.Variable(np.zeros((2, 2), np.float32))])

@@ -74,3 +74,38 @@ def test_tables(tmp_path):
          for m, v in (('minc', 2.0), ('spectral', 4.0))]
   study._write_variance(str(tmp_path), var, None)
   assert '| init | 64 | 2 | 4 | 0.50 |' in (tmp_path / 'variance.md').read_text()
+
+
+def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
+  """Two variants of a real study: the study's root holds the HParams experiment (the settings
+  the variants vary, the results figures as metrics) and each variant's session its values."""
+  import tensorflow_datasets as tfds
+  from tensorboard.plugins.hparams import metadata
+  from minc_tf import config
+  from test_main import TINY_IMAGENET
+  from test_monitor import read_events, session_hparams
+  config.parse_gin([], [
+      'run_study.base_gin_files = ("gin/minc.gin",)',
+      'run_study.common_bindings = %r' % (tuple(
+          TINY_IMAGENET + ['run.epochs = 1', 'run.offline_linear_eval = False',
+                           'run.baselines = False', 'run.knn = False']),),
+      'run_study.variants = {"decay 0": ["build_model.summary_decay = 0.0"], '
+      '"grayscale 0.5, decay 0.5": ["view_transforms.grayscale_prob = 0.5", '
+      '"build_model.summary_decay = 0.5"]}'])
+  with tfds.testing.mock_data(num_examples=64):
+    rows = study.run_study(str(tmp_path), tf.distribute.get_strategy())
+  assert [r['variant'] for r in rows] == ['decay 0', 'grayscale 0.5, decay 0.5']
+  _, _, mux = read_events(str(tmp_path))
+  experiment = metadata.parse_experiment_plugin_data(
+      mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)['.'][metadata.EXPERIMENT_TAG])
+  assert [h.name for h in experiment.hparam_infos] == ['build_model.summary_decay',
+                                                       'view_transforms.grayscale_prob']
+  assert 'results/probe_top1' in [m.name.tag for m in experiment.metric_infos]
+  sessions = [session_hparams(mux, f'variant{i}/tensorboard/hparams') for i in range(2)]
+  assert [s['build_model.summary_decay'] for s in sessions] == [0.0, 0.5]
+  # Unbound in the first variant: its default, so the dashboard's column has no hole.
+  assert [s['view_transforms.grayscale_prob'] for s in sessions] == [0.2, 0.5]
+  for i, row in enumerate(rows):
+    steps, events, _ = read_events(str(tmp_path / f'variant{i}' / 'tensorboard'))
+    value = float(tf.make_ndarray(events['hparams']['results/probe_top1'][-1].tensor_proto))
+    np.testing.assert_allclose(value, row['probe_top1'], rtol=1e-6)

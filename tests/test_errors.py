@@ -1,0 +1,355 @@
+"""Bad input, through the real launch (main.main, in process): a clear message, exit 2, no
+traceback, and a run dir left byte-identical where nothing should change; damage recovered,
+never compounded. One tiny trained run dir is shared by every case (each works on a copy)."""
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from minc_tf import errors
+from minc_tf import main as main_lib
+from test_data import write_idx
+
+STEPS, EPOCHS = 3, 2
+FINAL = STEPS * EPOCHS
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('idx')
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 256), ('t10k', 64)):
+    write_idx(root / f'{split}-images-idx3-ubyte.gz', rng.integers(0, 256, (n, 28, 28)))
+    write_idx(root / f'{split}-labels-idx1-ubyte.gz', rng.integers(0, 10, n))
+  return root
+
+
+def argv(model_dir, idx, *extra, mode='train_and_eval'):
+  return ['minc_tf', f'--model_dir={model_dir}', '--gin_file=gin/quickstart.gin',
+          f"--gin_bindings=load_data.idx_dir='{idx}'",
+          '--gin_bindings=build_encoder.base_width=4', '--gin_bindings=run.global_batch_size=32',
+          f'--gin_bindings=run.steps_per_epoch={STEPS}', f'--gin_bindings=run.epochs={EPOCHS}',
+          f'--gin_bindings=run.checkpoint_every_steps={STEPS}', '--gin_bindings=run.verbose=0',
+          '--gin_bindings=run.eval_train_examples=128', '--gin_bindings=run.eval_test_examples=64',
+          '--gin_bindings=run.baselines=False', '--gin_bindings=run.feature_rank_images=64',
+          f'--mode={mode}', *extra]
+
+
+def launch(args, capsys, caplog=None):
+  """Runs the CLI's main in this process: (exit code, what it printed and logged)."""
+  gin.clear_config()
+  main_lib.FLAGS.unparse_flags()
+  main_lib.FLAGS(args)
+  code = 0
+  try:
+    main_lib.main([])
+  except SystemExit as e:
+    code = e.code
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr()
+  logged = caplog.text if caplog is not None else ''
+  if caplog is not None:
+    caplog.clear()
+  return code, out.out + out.err + logged
+
+
+@pytest.fixture
+def cli(capsys, caplog):
+  caplog.set_level('WARNING')
+  return lambda args: launch(args, capsys, caplog)
+
+
+def snapshot(model_dir):
+  """{relative path: sha256} of every file under model_dir."""
+  out = {}
+  for path in glob.glob(os.path.join(model_dir, '**'), recursive=True):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, model_dir)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, idx_dir):
+  """A finished tiny train_and_eval run: checkpoints at steps 3 and 6, results, export."""
+  model_dir = str(tmp_path_factory.mktemp('trained') / 'run')
+
+  class _Capsys:  # module-scoped fixtures cannot use capsys
+    @staticmethod
+    def readouterr():
+      return type('O', (), {'out': '', 'err': ''})()
+
+  code, _ = launch(argv(model_dir, idx_dir), _Capsys)
+  assert code == 0
+  return model_dir
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+  path = str(tmp_path / 'run')
+  shutil.copytree(trained, path)
+  return path
+
+
+def results(model_dir):
+  with open(os.path.join(model_dir, 'results.json')) as f:
+    return json.load(f)
+
+
+# --- Validation before work: (bindings, what the message must name) ----------------------------
+BAD_SETTINGS = [
+    (['run.epochs=0'], 'run.epochs = 0 is not allowed: it must be an integer >= 1'),
+    (['run.epochs=-1'], 'run.epochs = -1 is not allowed: it must be an integer >= 1'),
+    (["run.epochs='ten'"], "run.epochs = 'ten' is not allowed: it must be an integer >= 1"),
+    (['run.global_batch_size=0'], 'run.global_batch_size = 0 is not allowed'),
+    (['run.global_batch_size=100000'],
+     'run.global_batch_size = 100000 is more than the 256 training examples'),
+    (['build_model.projector_dim=0'], 'build_model.projector_dim = 0 is not allowed'),
+    (['build_optimizer.base_lr=-1'],
+     'build_optimizer.base_lr = -1 is not allowed: it must be a number in (0, inf]'),
+    (['build_model.summary_decay=1.5'],
+     'build_model.summary_decay = 1.5 is not allowed: it must be a number in [0, 1)'),
+    (['build_model.mu=0'], 'build_model.mu = 0 is not allowed: it must be a number in (0, inf] '
+     'or None'),
+    (['build_model.tau_base=1.0'], 'build_model.tau_base = 1.0 is not allowed'),
+    (["build_model.method='mnic'"], "build_model.method = 'mnic' is not allowed: it must be one "
+     "of 'minc', 'spectral'"),
+    (['build_encoder.base_width=2.5'], 'build_encoder.base_width = 2.5 is not allowed'),
+    (['run.keep_checkpoints=0'], 'run.keep_checkpoints = 0 is not allowed'),
+    (["run.mixed_precision='fp16'"], "run.mixed_precision = 'fp16' is not allowed"),
+]
+
+
+@pytest.mark.parametrize('bindings,message', BAD_SETTINGS,
+                         ids=[b[0] for b, _ in BAD_SETTINGS])
+def test_bad_setting_stops_before_work(run_dir, idx_dir, cli, bindings, message):
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, *[f'--gin_bindings={b}' for b in bindings]))
+  assert code == 2 and message in out, out[-2000:]
+  assert 'Fix: bind' in out and 'Traceback' not in out
+  assert snapshot(run_dir) == before
+
+
+def test_bad_settings_of_a_fresh_run_create_nothing(tmp_path, idx_dir, cli):
+  code, out = cli(argv(str(tmp_path / 'new'), idx_dir, '--gin_bindings=run.epochs=0'))
+  assert code == 2 and 'run.epochs = 0' in out
+  assert not os.path.exists(tmp_path / 'new')
+
+
+@pytest.mark.parametrize('check,good,bad', [
+    (errors.int_at_least(1), [1, 7, np.int64(3)], [0, -1, 1.0, True, 'ten', None]),
+    (errors.int_at_least(1, optional=True), [None, 2], [0, 'x']),
+    (errors.real_in(0, 1, high_open=True), [0, 0.5, 0.999], [1, 1.5, -0.1, float('nan'), '0.5']),
+    (errors.real_in(0, float('inf'), low_open=True, optional=True), [None, 1e-9, 3],
+     [0, -1, False]),
+    (errors.one_of((None, 'a')), [None, 'a'], ['b', 0]),
+])
+def test_checks_accept_their_range_and_nothing_else(check, good, bad):
+  for value in good:
+    errors.require('x.y', value, check)
+  for value in bad:
+    with pytest.raises(errors.UserError, match=r'x\.y = .* is not allowed: it must be'):
+      errors.require('x.y', value, check)
+
+
+# --- A run dir has one identity -----------------------------------------------------------------
+@pytest.mark.parametrize('binding,named', [
+    ('build_encoder.base_width=8', 'build_encoder.base_width: 4 -> 8'),
+    ("build_model.method='byol'", "build_model.method: 'minc' -> 'byol'"),
+    ('build_optimizer.base_lr=0.002', 'build_optimizer.base_lr: 0.001 -> 0.002'),
+    ('run.epochs=3', 'run.epochs: 2 -> 3'),
+])
+def test_rerun_with_another_configuration_touches_nothing(run_dir, idx_dir, cli, binding,
+                                                           named):
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, f'--gin_bindings={binding}'))
+  assert code == 2 and 'holds a run of another configuration' in out and named in out, out[-3000:]
+  assert '--allow_config_change' in out and 'Traceback' not in out
+  assert snapshot(run_dir) == before
+
+
+def test_eval_of_another_architecture_is_refused_but_other_eval_settings_are_fine(
+    run_dir, idx_dir, cli):
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=build_encoder.base_width=8',
+                          mode='export'))
+  assert code == 2 and 'build_encoder.base_width: 4 -> 8' in out, out[-2000:]
+  assert snapshot(run_dir) == before
+  # A different schedule or eval budget is no reason to refuse an evaluation.
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.epochs=5',
+                          '--gin_bindings=run.knn=False', mode='eval'))
+  assert code == 0, out[-2000:]
+  assert results(run_dir)['eval_checkpoint_step'] == FINAL
+
+
+def test_allowed_config_change_continues_and_is_recorded(run_dir, idx_dir, cli):
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.epochs=3',
+                          '--allow_config_change', mode='train'))
+  assert code == 0, out[-2000:]
+  assert results(run_dir)['final_step'] == 3 * STEPS
+  assert results(run_dir)['resumed_from_step'] == FINAL
+  with open(os.path.join(run_dir, 'run_identity.json')) as f:
+    identity = json.load(f)
+  assert identity['settings']['run.epochs'] == 3
+  assert [h['run.epochs'] for h in identity['history']] == [2]
+
+
+def test_checkpoint_of_another_model_is_not_treated_as_damage(run_dir, idx_dir, cli):
+  """Without the identity file (a run dir from before it existed) the restore itself must tell
+  a misfit from damage: a readable checkpoint that does not fit stops the run."""
+  os.remove(os.path.join(run_dir, 'run_identity.json'))
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=build_encoder.base_width=8'))
+  assert code == 2 and 'is readable but does not fit the model' in out, out[-2000:]
+  assert snapshot(run_dir) == before
+
+
+# --- Damage is recovered, never compounded -------------------------------------------------------
+def test_damaged_index_is_rebuilt_from_the_checkpoint_files(run_dir, idx_dir, cli):
+  index = os.path.join(run_dir, 'checkpoints', 'checkpoint')
+  with open(index, 'w') as f:
+    f.write('model_checkpoint_path: "ckpt-6"\nall_model_ch')  # torn mid-write
+  ckpt_files = {k: v for k, v in snapshot(run_dir).items() if 'ckpt-' in k}
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.knn=False', mode='eval'))
+  assert code == 0, out[-2000:]
+  assert 'Rebuilding the checkpoint index' in out
+  assert results(run_dir)['eval_checkpoint_step'] == FINAL
+  assert glob.glob(index + '.damaged-*')  # set aside, not deleted
+  assert {k: v for k, v in snapshot(run_dir).items() if 'ckpt-' in k} == ckpt_files
+  # A missing index: a rerun of the finished run resumes at its last step and trains nothing
+  # (before the fix it trained from step 0 over the finished run).
+  os.remove(index)
+  trained = results(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, mode='train'))
+  assert code == 0, out[-2000:]
+  assert results(run_dir)['final_step'] == FINAL
+  assert results(run_dir)['pretrain_wall_time_s'] == trained['pretrain_wall_time_s']
+  assert {k: v for k, v in snapshot(run_dir).items()
+          if 'ckpt-' in k and 'ckpt-' + str(FINAL + 1) not in k} == ckpt_files
+
+
+def tear_newest(run_dir):
+  for path in glob.glob(os.path.join(run_dir, 'checkpoints', f'ckpt-{FINAL}.data-*')):
+    with open(path, 'r+b') as f:
+      f.truncate(16)
+
+
+def test_torn_newest_checkpoint_never_costs_the_finished_run(run_dir, idx_dir, cli):
+  tear_newest(run_dir)
+  before = snapshot(run_dir)
+  # Training from the older checkpoint would overwrite the finished run's files: refused.
+  code, out = cli(argv(run_dir, idx_dir, mode='train'))
+  assert code == 2 and f'finished at step {FINAL}' in out and f'ckpt-{FINAL} unreadable' in out
+  assert snapshot(run_dir) == before
+  # Export would replace the step-6 export with the step-3 encoder: refused.
+  code, out = cli(argv(run_dir, idx_dir, mode='export'))
+  assert code == 2 and f'holds the encoder of step {FINAL}' in out, out[-2000:]
+  assert snapshot(run_dir) == before
+  # Evaluation falls back, says so, and replaces the step-6 figures rather than mixing them.
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.knn=False', mode='eval'))
+  assert code == 0, out[-2000:]
+  assert f'could not be loaded' in out
+  evaluated = results(run_dir)
+  assert evaluated['eval_step'] == STEPS and evaluated['eval_checkpoint_step'] == STEPS
+  assert f'ckpt-{FINAL} unreadable' in evaluated['eval_note']
+  assert 'knn_top1' not in evaluated  # step 6's kNN figure is not kept beside step 3's probe
+  assert evaluated['final_step'] == FINAL  # what training did is kept
+
+
+def test_torn_newest_checkpoint_of_an_unfinished_run_resumes_from_the_previous(run_dir, idx_dir,
+                                                                              cli):
+  """A run preempted at step 6 whose last checkpoint was torn: it resumes from step 3, says so,
+  and finishes at the planned step."""
+  tear_newest(run_dir)
+  with open(os.path.join(run_dir, 'results.json'), 'w') as f:
+    json.dump({'final_step': FINAL, 'preempted': 'SIGTERM'}, f)
+  code, out = cli(argv(run_dir, idx_dir, mode='train'))
+  assert code == 0, out[-2000:]
+  assert f'ckpt-{FINAL} could not be loaded' in out
+  done = results(run_dir)
+  assert done['resumed_from_step'] == STEPS and done['final_step'] == FINAL
+  assert 'preempted' not in done
+
+
+def test_nan_names_the_kept_checkpoint_and_the_way_on(run_dir, idx_dir, cli):
+  """A zero normalisation std turns every input into inf / NaN from the first step of the
+  continued run (step 7): training stops before saving, the message names the checkpoint it
+  kept and that rerunning as is would diverge again."""
+  ckpts = {k: v for k, v in snapshot(run_dir).items() if 'checkpoints' in k}
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.epochs=3', '--allow_config_change',
+                       '--gin_bindings=load_data.std=(0.0,)', mode='train'))
+  assert code == 2 and f'NaN or infinite at step {FINAL + 1}' in out, out[-2000:]
+  assert f'ckpt-{FINAL}, was kept' in out and 'would diverge again' in out
+  assert 'Traceback' not in out
+  assert {k: v for k, v in snapshot(run_dir).items() if 'checkpoints' in k} == ckpts
+
+
+def test_all_checkpoints_damaged_stops_and_names_them(run_dir, idx_dir, cli):
+  for path in glob.glob(os.path.join(run_dir, 'checkpoints', 'ckpt-*.data-*')):
+    with open(path, 'r+b') as f:
+      f.truncate(16)
+  os.remove(os.path.join(run_dir, 'results.json'))  # nothing else would stop a restart
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, mode='train'))
+  assert code == 2 and 'No checkpoint in' in out and 'ckpt-3:' in out and 'ckpt-6:' in out
+  assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval', 'export'])
+def test_truncated_results_are_set_aside(run_dir, idx_dir, cli, mode):
+  path = os.path.join(run_dir, 'results.json')
+  with open(path, 'r+b') as f:
+    f.truncate(40)
+  with open(path, 'rb') as f:
+    torn = f.read()
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.knn=False', mode=mode))
+  assert code == 0, out[-2000:]
+  assert 'set aside' in out
+  aside = glob.glob(path + '.damaged-*')
+  assert len(aside) == 1 and open(aside[0], 'rb').read() == torn
+  assert results(run_dir)[f'{mode}_checkpoint_step' if mode != 'train' else 'final_step'] == FINAL
+
+
+# --- Data and launch errors name the file ----------------------------------------------------------
+def test_truncated_idx_gzip_names_the_file(run_dir, idx_dir, tmp_path, cli):
+  bad = tmp_path / 'idx'
+  shutil.copytree(idx_dir, bad)
+  path = bad / 'train-images-idx3-ubyte.gz'
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  code, out = cli(argv(str(tmp_path / 'new'), bad))
+  assert code == 2 and f'{path} is damaged' in out and 'Traceback' not in out, out[-2000:]
+
+
+def test_explicit_idx_dir_without_the_files_never_downloads(tmp_path, cli):
+  (tmp_path / 'idx').mkdir()
+  (tmp_path / 'idx' / 'train-images.gz').write_bytes(b'')
+  code, out = cli(argv(str(tmp_path / 'new'), tmp_path / 'idx'))
+  assert code == 2 and 'lacks train-images-idx3-ubyte.gz' in out, out[-2000:]
+  assert 'it holds train-images.gz' in out and 'downloading' not in out
+
+
+def test_gin_file_naming_a_directory(tmp_path, cli):
+  code, out = cli(['minc_tf', f'--model_dir={tmp_path}', '--gin_file=gin'])
+  assert code == 2 and '--gin_file=gin is a directory' in out
+
+
+def test_activations_beyond_the_host_memory_are_refused_before_allocation():
+  from minc_tf import model as model_lib
+  from minc_tf import train
+  gin.parse_config_files_and_bindings(['gin/quickstart.gin'], ['build_encoder.base_width = 4'])
+  model = model_lib.build_model((28, 28, 1), num_classes=10)
+  strategy = tf.distribute.get_strategy()
+  train._check_memory(model, strategy, 256)  # the quickstart's batch fits
+  with pytest.raises(errors.UserError, match=r'run.global_batch_size = 100000000 needs at least '
+                                             r'\d+ GiB .* which has \d+ GiB of memory'):
+    train._check_memory(model, strategy, 10 ** 8)
