@@ -14,6 +14,8 @@ import math
 import gin
 import tensorflow as tf
 
+from minc_tf.errors import interval_in, real_in, require
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -119,6 +121,23 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
   grayscale, blur (kernel blur_kernel_frac of the side, sigma U(blur_sigma)) and solarize
   (threshold 0.5) with view K's probabilities.
   """
+  prob = real_in(0, 1)
+  for name, value, check in (
+      ('crop_area', crop_area, interval_in(0, 1, low_open=True)),
+      ('aspect', aspect, interval_in(0, math.inf, low_open=True)),
+      ('flip_prob', flip_prob, prob), ('jitter_prob', jitter_prob, prob),
+      ('brightness', brightness, real_in(0, math.inf)),
+      ('contrast', contrast, real_in(0, math.inf)),
+      ('saturation', saturation, real_in(0, math.inf)), ('hue', hue, real_in(0, 0.5)),
+      ('grayscale_prob', grayscale_prob, prob),
+      ('blur_prob', blur_prob, (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and
+                                all(prob[0](x) for x in v), 'a pair of probabilities in [0, 1]')),
+      ('blur_sigma', blur_sigma, interval_in(0, math.inf, low_open=True)),
+      ('blur_kernel_frac', blur_kernel_frac, real_in(0, 1, low_open=True)),
+      ('solarize_prob', solarize_prob, (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                                        and all(prob[0](x) for x in v),
+                                        'a pair of probabilities in [0, 1]'))):
+    require(f'view_transforms.{name}', value, check)
   kernel = max(3, int(image_size * blur_kernel_frac) // 2 * 2 + 1)
 
   def crop(image, rng, cropped=False):

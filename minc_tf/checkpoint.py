@@ -41,6 +41,7 @@ class Checkpointer:
     """Checkpoint prefixes whose index file is on disk, oldest first (by step)."""
     prefixes = [p[:-len('.index')] for p in tf.io.gfile.glob(
         os.path.join(self.directory, 'ckpt-*.index'))]
+    prefixes = [p for p in prefixes if re.search(r'ckpt-\d+$', p)]  # not a stray ckpt-foo
     return sorted(prefixes, key=lambda p: int(re.search(r'ckpt-(\d+)$', p).group(1)))
 
   def _open_manager(self):
@@ -54,6 +55,7 @@ class Checkpointer:
       logging.warning('The checkpoint index in %s is unreadable (%s).', self.directory,
                       type(e).__name__)
       manager, listed = None, set()
+    self.index_rebuilt = False
     on_disk = self._files_on_disk()
     if on_disk and not set(on_disk) <= listed:
       logging.warning('Rebuilding the checkpoint index of %s from the checkpoint files on disk '
@@ -62,6 +64,7 @@ class Checkpointer:
       if tf.io.gfile.exists(index):  # kept for inspection, never deleted
         tf.io.gfile.rename(index, index + f'.damaged-{int(time.time())}', overwrite=True)
       _write_index(self.directory, on_disk)
+      self.index_rebuilt = True
       manager = tf.train.CheckpointManager(self._ckpt, self.directory, max_to_keep=self._keep)
     return manager
 
@@ -121,8 +124,10 @@ class Checkpointer:
       raise UserError(
           f'No checkpoint in {self.directory} can be read: ' +
           '; '.join(f'{os.path.basename(p)}: {d}' for p, d in self.damaged) +
-          '. Nothing was changed. Fix: restore the files from a backup, or move the directory '
-          'aside to start the run over.')
+          ('. The checkpoint index was rebuilt from these files (the old one kept aside); '
+           'nothing else was changed.' if self.index_rebuilt else '. Nothing was changed.') +
+          ' Fix: restore the files from a backup, or move the directory aside to start the run '
+          'over.')
     if required:
       raise UserError(f'No checkpoint in {self.directory}. Fix: train first '
                       '(--mode=train) or point --model_dir at a trained run.')

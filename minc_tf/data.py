@@ -11,6 +11,7 @@ each host reads only its shard and batches its replicas' share of the global bat
 """
 
 import gzip
+import math
 import os
 import shutil
 import zlib
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import augment
-from minc_tf.errors import UserError
+from minc_tf.errors import UserError, each, int_at_least, one_of, real_in, require
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -74,7 +75,7 @@ def _fashion_mnist_arrays(idx_dir, data_dir):
         f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} there, or unbind '
         'load_data.idx_dir to use Debian\'s package or a TFDS download.')
   import tensorflow_datasets as tfds
-  where = data_dir or os.path.expanduser('~/tensorflow_datasets')
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
   logging.warning('No Fashion-MNIST IDX files in %s; downloading fashion_mnist with TFDS into '
                   '%s (needs the internet).', idx_dir, where)
   folder = os.path.join(where, 'fashion_mnist')
@@ -365,6 +366,14 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
   cache: keep the encoded examples of file-backed sources in memory after the first pass (for
     datasets that fit; in-memory sources need none).
   """
+  require('load_data.image_size', image_size, int_at_least(1))
+  require('load_data.channels', channels, one_of((1, 3)))
+  require('load_data.on_corrupt', on_corrupt, one_of(('skip', 'fail')))
+  require('load_data.eval_every', eval_every, int_at_least(2))
+  require('load_data.num_train', num_train, int_at_least(1, optional=True))
+  require('load_data.std', std, (lambda v: v is None or each(real_in(0, math.inf,
+                                                                     low_open=True))[0](v),
+                                 'None or a list of numbers > 0, one per channel'))
   if name == 'image_folder':
     files, classes = _folder_source(image_dir, on_corrupt, eval_every)
     default_mean, default_std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3

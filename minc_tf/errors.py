@@ -42,7 +42,25 @@ def real_in(low, high, low_open=False, high_open=False, optional=False):
 
 
 def one_of(choices):
-  return (lambda v: v in choices), 'one of ' + ', '.join(repr(c) for c in choices)
+  """(predicate, description) of one of `choices`, of the same type (1 is not True)."""
+  return ((lambda v: any(v == c and type(v) is type(c) for c in choices)),
+          'one of ' + ', '.join(repr(c) for c in choices))
+
+
+def interval_in(low, high, low_open=False):
+  """(predicate, description) of a pair (a, b) with low <= a <= b <= high (low < a when
+  low_open): a sampling range such as a crop area."""
+  inner, _ = real_in(low, high, low_open=low_open)
+  return ((lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and inner(v[0]) and
+           inner(v[1]) and v[0] <= v[1]),
+          f'a pair (a, b) with {low} {"<" if low_open else "<="} a <= b <= {high}')
+
+
+def each(check):
+  """(predicate, description) of a non-empty list whose every element passes `check`."""
+  ok, allowed = check
+  return ((lambda v: isinstance(v, (list, tuple)) and len(v) >= 1 and all(ok(x) for x in v)),
+          f'a non-empty list of values, each {allowed}')
 
 
 def require(binding, value, check):

@@ -1,10 +1,15 @@
 """Evaluation of frozen representations: feature extraction, linear probe, kNN, and the
 offline linear evaluation of the BYOL protocol."""
 
+import inspect
+import math
+
 import gin
 import keras
 import numpy as np
 import tensorflow as tf
+
+from minc_tf.errors import int_at_least, interval_in, real_in, require
 
 
 def extract_features(encoder, dataset):
@@ -110,3 +115,26 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   finally:
     encoder.trainable = was_trainable
   return 100.0 * float(accuracy)
+
+
+def check_settings():
+  """Checks the evaluation settings bound in gin, so that a bad one stops the run before
+  pretraining rather than after it (these functions are only called at the end)."""
+  positive = real_in(0, math.inf, low_open=True)
+  table = {
+      'linear_probe': {'epochs': int_at_least(1), 'batch_size': int_at_least(1),
+                       'learning_rate': positive, 'l2': real_in(0, math.inf)},
+      'knn_accuracy': {'k': int_at_least(1), 'temperature': positive, 'chunk': int_at_least(1)},
+      'offline_linear_eval': {
+          'epochs': int_at_least(1), 'batch_size': int_at_least(1),
+          'base_learning_rate': positive, 'momentum': real_in(0, 1, high_open=True),
+          'weight_decay': real_in(0, math.inf), 'crop_area': interval_in(0, 1, low_open=True),
+          'steps_per_epoch': int_at_least(1, optional=True),
+          'eval_batch_size': int_at_least(1, optional=True)},
+  }
+  for name, checks in table.items():
+    fn = globals()[name]
+    values = {p.name: p.default for p in inspect.signature(fn).parameters.values()}
+    values.update(gin.get_bindings(name))
+    for param, check in checks.items():
+      require(f'{name}.{param}', values[param], check)

@@ -45,7 +45,8 @@ def main(argv):
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)
     if FLAGS.mode == 'study':
       from minc_tf import study
-      rows = study.run_study(FLAGS.model_dir, strategy)
+      rows = study.run_study(FLAGS.model_dir, strategy,
+                             allow_config_change=FLAGS.allow_config_change)
       results = {r['variant']: r.get('probe_top1') for r in rows}
     else:
       results = train.run(FLAGS.mode, FLAGS.model_dir, strategy,

@@ -235,12 +235,14 @@ def gin_hparams():
   return out
 
 
-def write_hparams(log_dir, results, step=0):
-  """The run's settings (gin_hparams) and its results figures (HPARAM_METRICS) for TensorBoard's
-  HParams dashboard, to <log_dir>/hparams: one session per run dir, its metrics beside it."""
+def write_hparams(log_dir, results, step=0, session=True):
+  """The run's settings (gin_hparams; session=False leaves them as recorded) and its results
+  figures (HPARAM_METRICS) for TensorBoard's HParams dashboard, to <log_dir>/hparams: one
+  session per run dir, its metrics beside it."""
   writer = tf.summary.create_file_writer(os.path.join(log_dir, 'hparams'))
   with writing(writer, step):
-    hp.hparams(gin_hparams())
+    if session:
+      hp.hparams(gin_hparams())
     for name in HPARAM_METRICS:
       value = results.get(name)
       if isinstance(value, (int, float)) and not isinstance(value, bool):

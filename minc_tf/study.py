@@ -12,6 +12,7 @@ import os
 import platform
 import time
 
+from absl import logging
 import gin
 import keras
 import tensorflow as tf
@@ -84,12 +85,15 @@ def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pre
   return rows
 
 
-@gin.configurable(denylist=['model_dir', 'strategy'])
+@gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), batch_sizes=(64, 128, 256, 512), table_path=None,
-              baselines_once=True, pretrain_steps=200, num_batches=16, variants=None):
+              baselines_once=True, pretrain_steps=200, num_batches=16, variants=None,
+              allow_config_change=False):
   """Runs every variant of study `name` ('ablation', 'batch_sweep' or 'variance') and writes
-  the table. `variants` ({label: [bindings]}) replaces the study's own list."""
+  the table. `variants` ({label: [bindings]}) replaces the study's own list. A variant stopped
+  by SIGTERM or Ctrl-C stops the study (its table holds the variants done); rerunning the
+  command resumes it. allow_config_change: main's flag, for every variant's train.run."""
   from minc_tf import config
   from minc_tf import train
   if name == 'variance':
@@ -113,7 +117,12 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     extra = [] if (i == 0 or not baselines_once) else ['run.baselines = False']
     config.parse_gin(list(base_gin_files), list(common_bindings) + bindings + extra)
     start = time.time()
-    result = train.run('train_and_eval', os.path.join(model_dir, f'variant{i}'), strategy)
+    result = train.run('train_and_eval', os.path.join(model_dir, f'variant{i}'), strategy,
+                       allow_config_change=allow_config_change)
+    if result.get('preempted'):
+      logging.warning('%s stopped variant %d (%s); rerun the same command to resume the study.',
+                      result['preempted'], i, label)
+      break
     result.update(variant=label, bindings=bindings, total_wall_time_s=round(time.time() - start, 1))
     rows.append(result)
     _write(model_dir, name, rows, table_path, operative)

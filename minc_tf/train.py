@@ -9,6 +9,7 @@ import json
 import math
 import os
 import time
+import uuid
 
 from absl import logging
 import gin
@@ -108,56 +109,66 @@ def run_identity(**run_settings):
 
 def _check_identity(model_dir, mode, allow_change, identity):
   """Stops, before anything in model_dir is touched, a rerun whose defining settings differ
-  from those recorded when the run started (eval and export: those that shape the variables)."""
+  from those recorded when its training started (eval and export: those that shape the
+  variables, ignoring settings the record predates). Returns whether training should (re)record
+  the identity: no record yet, a damaged one, an allowed change, or a dir with nothing trained
+  in it (a first run that failed before its first checkpoint)."""
   path = os.path.join(model_dir, IDENTITY)
+  trained = (tf.io.gfile.glob(os.path.join(model_dir, 'checkpoints', 'ckpt-*.index')) or
+             tf.io.gfile.exists(os.path.join(model_dir, 'results.json')))
   if not tf.io.gfile.exists(path):
-    return
-  with tf.io.gfile.GFile(path) as f:
-    try:
+    return True
+  try:
+    with tf.io.gfile.GFile(path) as f:
       recorded = json.load(f)['settings']
-    except (ValueError, KeyError, TypeError):
-      logging.warning('%s is damaged; it will be rewritten from this configuration.', path)
-      return
+    if not isinstance(recorded, dict):
+      raise TypeError
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    logging.warning('%s is damaged; it will be rewritten from this configuration.', path)
+    return True
+  if not trained:
+    return True
+  evaluating = mode in ('eval', 'export')
   keys = sorted(set(recorded) | set(identity))
-  if mode in ('eval', 'export'):
-    keys = [k for k in keys if k.startswith(_ARCHITECTURE)]
+  if evaluating:
+    keys = [k for k in keys if k.startswith(_ARCHITECTURE) and k in recorded]
   missing = '(unset)'
   changed = [f'{k}: {recorded.get(k, missing)!r} -> {identity.get(k, missing)!r}' for k in keys
              if recorded.get(k, missing) != identity.get(k, missing)]
   if not changed:
-    return
-  if allow_change and mode not in ('eval', 'export'):
+    return False
+  if allow_change:
     logging.warning('--allow_config_change: continuing %s with changed settings: %s', model_dir,
                     '; '.join(changed))
-    return
-  fix = ('Fix: use another --model_dir for the new configuration' +
-         (', or pass --allow_config_change to continue this run with it (its checkpoints must '
-          'still load).' if mode not in ('eval', 'export') else
-          ', or evaluate with the configuration that trained it (its config.gin).'))
+    return not evaluating
+  fix = ('Fix: use another --model_dir for the new configuration, or pass '
+         '--allow_config_change to ' + ('evaluate or export with it anyway.' if evaluating else
+                                        'continue this run with it (its checkpoints must still '
+                                        'load).'))
   raise UserError(f'{model_dir} holds a run of another configuration; nothing was changed. '
                   f'Settings that differ (recorded -> now): {"; ".join(changed)}. {fix}')
 
 
-def _write_identity(model_dir, identity, allow_change):
-  """Records the checked identity when a training run starts (and on an allowed change)."""
+def _write_identity(model_dir, identity):
+  """Records the identity when a training run starts (keeping earlier ones as history)."""
   path = os.path.join(model_dir, IDENTITY)
-  if tf.io.gfile.exists(path) and not allow_change:
-    return
   history = []
   if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      try:
+    try:
+      with tf.io.gfile.GFile(path) as f:
         old = json.load(f)
-        history = old.get('history', []) + [old['settings']]
-      except (ValueError, KeyError, TypeError, AttributeError):
-        pass
+      history = list(old.get('history', [])) + [old['settings']]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+      pass
   _write_json(path, {'settings': identity, 'history': history})
 
 
 def _write_json(path, value):
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+  """Written under a name of its own and renamed: atomic, also beside other writers."""
+  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
     json.dump(value, f, indent=2)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _check_memory(model, strategy, global_batch_size):
@@ -263,7 +274,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
        real_in(0, math.inf, low_open=True, optional=True)),
       ('keep_checkpoints', keep_checkpoints, int_at_least(1))):
     require(f'run.{name}', value, check)
-  _check_writable(model_dir)
+  evaluate.check_settings()
   if seed is not None:
     keras.utils.set_random_seed(seed)
   # The default strategy is the single-device one; others keep their inter-op pool.
@@ -282,6 +293,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
                     f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
+  augment.view_transforms(data.image_shape[0])  # checks its settings; they join the identity
   total_steps = steps_per_epoch * epochs
 
   keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
@@ -292,31 +304,35 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
   _check_memory(model, strategy, global_batch_size)
+  _check_writable(model_dir)  # after every check above: a refused run creates nothing
   if augment_on_device:
     _, view1, view2 = augment.view_transforms(data.image_shape[0])
     model.device_views = augment.batch_views(view1, view2, data.mean, data.std)
 
   results = {'method': model.method, 'dataset': data.name, 'epochs': epochs,
              'batch_size': global_batch_size, 'steps': total_steps, 'replicas': replicas}
-  augment.view_transforms(data.image_shape[0])  # so that its settings join the identity
   identity = run_identity(
       global_batch_size=global_batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-      seed=seed, augment_on_device=augment_on_device, mixed_precision=mixed_precision)
-  _check_identity(model_dir, mode, allow_config_change, identity)
+      seed=seed, augment_on_device=augment_on_device,
+      mixed_precision=mixed_precision or 'float32')
+  record_identity = _check_identity(model_dir, mode, allow_config_change, identity)
   checkpointer = checkpoint.Checkpointer(model, os.path.join(model_dir, 'checkpoints'),
                                          keep=keep_checkpoints)
   if mode in ('train', 'train_and_eval'):
     with strategy.scope():  # optimizer slots are created on restore
       start_step = checkpointer.restore_latest()
     previous = _read_results(model_dir)
-    if previous.get('final_step', 0) > start_step and not previous.get('preempted'):
+    finished = previous.get('final_step', 0) if not previous.get('preempted') else 0
+    finished = max(finished, export_lib.exported_step(os.path.join(model_dir, 'export')) or 0)
+    if finished > start_step:
       unread = ''.join(f' ({os.path.basename(p)} unreadable: {d})' for p, d in checkpointer.damaged)
       raise UserError(
-          f'{model_dir} holds a run that finished at step {previous["final_step"]}, but its '
-          f'newest readable checkpoint is of step {start_step}{unread}: training from there '
-          'would overwrite the finished run\'s weights, export and results. Nothing was '
-          'changed. Fix: restore the checkpoint files, or train in another --model_dir.')
-    _write_identity(model_dir, identity, allow_config_change)
+          f'{model_dir} holds a run that finished at step {finished}, but its newest readable '
+          f'checkpoint is of step {start_step}{unread}: training from there would overwrite '
+          'the finished run\'s weights, export and results. Nothing was changed. Fix: restore '
+          'the checkpoint files, or train in another --model_dir.')
+    if record_identity:
+      _write_identity(model_dir, identity)
     _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
     if seed is not None:
       checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
@@ -329,8 +345,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                                             crops_only=augment_on_device,
                                             ordered=seed is not None))
 
+    # Each worker would read its own clock and save at a different step: steps only there.
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps,
-                                     every_secs=checkpoint_every_secs)
+                                     every_secs=None if multi_worker else checkpoint_every_secs)
     (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
     rank_images = None
     if feature_rank_images:
@@ -388,7 +406,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       results['preempted'] = guard.preempted
       logging.warning('%s: checkpoint saved at step %d; rerun the same command to resume.',
                       guard.preempted, checkpointer.step)
-      _write_results(model_dir, results, checkpointer.step)
+      _write_results(model_dir, results, checkpointer.step, mode)
       return results
     _save_weights(model, model_dir)
     export_lib.export_encoder(model.encoder, data.mean, data.std,
@@ -438,7 +456,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       title += f": linear probe {results['probe_top1']:.2f}%"
     if plots.plot_run(run_monitor.curves, os.path.join(model_dir, 'training.png'), title):
       results['plot'] = 'training.png'
-  _write_results(model_dir, results, checkpointer.step)
+  _write_results(model_dir, results, checkpointer.step, mode)
   return results
 
 
@@ -470,13 +488,12 @@ def _read_results(model_dir):
   path = os.path.join(model_dir, 'results.json')
   if not tf.io.gfile.exists(path):
     return {}
-  with tf.io.gfile.GFile(path) as f:
-    text = f.read()
   try:
-    results = json.loads(text)
+    with tf.io.gfile.GFile(path) as f:
+      results = json.loads(f.read())
     if isinstance(results, dict):
       return results
-  except ValueError:
+  except (ValueError, UnicodeDecodeError):
     pass
   aside = f'{path}.damaged-{int(time.time())}'
   tf.io.gfile.rename(path, aside, overwrite=True)
@@ -484,11 +501,13 @@ def _read_results(model_dir):
   return {}
 
 
-def _write_results(model_dir, results, step):
-  """results.json (atomically), and the same figures with the run's settings as TensorBoard
-  HParams, so `tensorboard --logdir` over many model dirs compares them."""
+def _write_results(model_dir, results, step, mode):
+  """results.json (atomically), and the same figures as TensorBoard HParams metrics, so
+  `tensorboard --logdir` over many model dirs compares them; the settings (the HParams session)
+  are a training run's (an eval's or export's command line may differ in what it ignores)."""
   _write_json(os.path.join(model_dir, 'results.json'), results)
-  monitor.write_hparams(os.path.join(model_dir, 'tensorboard'), results, step)
+  monitor.write_hparams(os.path.join(model_dir, 'tensorboard'), results, step,
+                        session=mode in ('train', 'train_and_eval'))
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):

@@ -126,22 +126,29 @@ BAD_SETTINGS = [
     (['build_encoder.base_width=2.5'], 'build_encoder.base_width = 2.5 is not allowed'),
     (['run.keep_checkpoints=0'], 'run.keep_checkpoints = 0 is not allowed'),
     (["run.mixed_precision='fp16'"], "run.mixed_precision = 'fp16' is not allowed"),
+    (['build_model.use_target=1'], 'build_model.use_target = 1 is not allowed: it must be one of '
+     'None, True, False'),
+    (['view_transforms.grayscale_prob=1.5'], 'view_transforms.grayscale_prob = 1.5 is not '
+     'allowed: it must be a number in [0, 1]'),
+    (['view_transforms.crop_area=(0.5, 0.2)'], 'view_transforms.crop_area = (0.5, 0.2) is not '
+     'allowed: it must be a pair (a, b) with 0 < a <= b <= 1'),
+    (['load_data.std=(0.0,)'], 'load_data.std = (0.0,) is not allowed'),
+    (['linear_probe.epochs=0'], 'linear_probe.epochs = 0 is not allowed'),
+    (['knn_accuracy.k=0'], 'knn_accuracy.k = 0 is not allowed'),
+    (['offline_linear_eval.momentum=1.0'], 'offline_linear_eval.momentum = 1.0 is not allowed'),
 ]
 
 
 @pytest.mark.parametrize('bindings,message', BAD_SETTINGS,
                          ids=[b[0] for b, _ in BAD_SETTINGS])
-def test_bad_setting_stops_before_work(run_dir, idx_dir, cli, bindings, message):
+def test_bad_setting_stops_before_work(run_dir, idx_dir, tmp_path, cli, bindings, message):
+  """In a trained run dir nothing changes; a fresh one is not even created."""
   before = snapshot(run_dir)
-  code, out = cli(argv(run_dir, idx_dir, *[f'--gin_bindings={b}' for b in bindings]))
-  assert code == 2 and message in out, out[-2000:]
-  assert 'Fix: bind' in out and 'Traceback' not in out
+  for model_dir in (run_dir, str(tmp_path / 'new')):
+    code, out = cli(argv(model_dir, idx_dir, *[f'--gin_bindings={b}' for b in bindings]))
+    assert code == 2 and message in out, out[-2000:]
+    assert 'Fix: bind' in out and 'Traceback' not in out
   assert snapshot(run_dir) == before
-
-
-def test_bad_settings_of_a_fresh_run_create_nothing(tmp_path, idx_dir, cli):
-  code, out = cli(argv(str(tmp_path / 'new'), idx_dir, '--gin_bindings=run.epochs=0'))
-  assert code == 2 and 'run.epochs = 0' in out
   assert not os.path.exists(tmp_path / 'new')
 
 
@@ -203,6 +210,30 @@ def test_allowed_config_change_continues_and_is_recorded(run_dir, idx_dir, cli):
   assert [h['run.epochs'] for h in identity['history']] == [2]
 
 
+def test_identity_binds_only_once_something_was_trained(run_dir, idx_dir, tmp_path, cli):
+  """A first run that died before its first checkpoint recorded an identity: a rerun with other
+  settings is its own first run. A damaged record is rewritten, not left to switch checks off."""
+  fresh = tmp_path / 'fresh'
+  fresh.mkdir()
+  shutil.copy(os.path.join(run_dir, 'run_identity.json'), fresh)
+  code, out = cli(argv(str(fresh), idx_dir, '--gin_bindings=run.epochs=1',
+                       '--gin_bindings=run.steps_per_epoch=1', mode='train'))
+  assert code == 0, out[-2000:]
+  with open(fresh / 'run_identity.json') as f:
+    assert json.load(f)['settings']['run.epochs'] == 1
+  path = os.path.join(run_dir, 'run_identity.json')
+  with open(path) as f:
+    recorded = json.load(f)['settings']
+  with open(path, 'w') as f:
+    f.write('{"settings": {"build_model.me')
+  code, out = cli(argv(run_dir, idx_dir, mode='train'))
+  assert code == 0 and 'is damaged; it will be rewritten' in out, out[-2000:]
+  with open(path) as f:
+    assert json.load(f)['settings'] == recorded
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=build_encoder.base_width=8'))
+  assert code == 2 and 'build_encoder.base_width: 4 -> 8' in out
+
+
 def test_checkpoint_of_another_model_is_not_treated_as_damage(run_dir, idx_dir, cli):
   """Without the identity file (a run dir from before it existed) the restore itself must tell
   a misfit from damage: a readable checkpoint that does not fit stops the run."""
@@ -233,8 +264,7 @@ def test_damaged_index_is_rebuilt_from_the_checkpoint_files(run_dir, idx_dir, cl
   assert code == 0, out[-2000:]
   assert results(run_dir)['final_step'] == FINAL
   assert results(run_dir)['pretrain_wall_time_s'] == trained['pretrain_wall_time_s']
-  assert {k: v for k, v in snapshot(run_dir).items()
-          if 'ckpt-' in k and 'ckpt-' + str(FINAL + 1) not in k} == ckpt_files
+  assert {k: v for k, v in snapshot(run_dir).items() if 'ckpt-' in k} == ckpt_files
 
 
 def tear_newest(run_dir):
@@ -263,6 +293,14 @@ def test_torn_newest_checkpoint_never_costs_the_finished_run(run_dir, idx_dir, c
   assert f'ckpt-{FINAL} unreadable' in evaluated['eval_note']
   assert 'knn_top1' not in evaluated  # step 6's kNN figure is not kept beside step 3's probe
   assert evaluated['final_step'] == FINAL  # what training did is kept
+  # Without the newer export in the way, export falls back too, and records the step it used.
+  shutil.rmtree(os.path.join(run_dir, 'export'))
+  code, out = cli(argv(run_dir, idx_dir, mode='export'))
+  assert code == 0, out[-2000:]
+  assert results(run_dir)['export_checkpoint_step'] == STEPS
+  assert f'ckpt-{FINAL} unreadable' in results(run_dir)['export_note']
+  with open(os.path.join(run_dir, 'export', 'export_info.json')) as f:
+    assert json.load(f) == {'step': STEPS}
 
 
 def test_torn_newest_checkpoint_of_an_unfinished_run_resumes_from_the_previous(run_dir, idx_dir,
@@ -272,6 +310,8 @@ def test_torn_newest_checkpoint_of_an_unfinished_run_resumes_from_the_previous(r
   tear_newest(run_dir)
   with open(os.path.join(run_dir, 'results.json'), 'w') as f:
     json.dump({'final_step': FINAL, 'preempted': 'SIGTERM'}, f)
+  shutil.rmtree(os.path.join(run_dir, 'export'))  # a preempted run has exported nothing
+  os.remove(os.path.join(run_dir, 'checkpoint.weights.h5'))
   code, out = cli(argv(run_dir, idx_dir, mode='train'))
   assert code == 0, out[-2000:]
   assert f'ckpt-{FINAL} could not be loaded' in out
@@ -281,12 +321,12 @@ def test_torn_newest_checkpoint_of_an_unfinished_run_resumes_from_the_previous(r
 
 
 def test_nan_names_the_kept_checkpoint_and_the_way_on(run_dir, idx_dir, cli):
-  """A zero normalisation std turns every input into inf / NaN from the first step of the
+  """A normalisation mean of 3e38 overflows every input to -inf from the first step of the
   continued run (step 7): training stops before saving, the message names the checkpoint it
   kept and that rerunning as is would diverge again."""
   ckpts = {k: v for k, v in snapshot(run_dir).items() if 'checkpoints' in k}
   code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.epochs=3', '--allow_config_change',
-                       '--gin_bindings=load_data.std=(0.0,)', mode='train'))
+                       '--gin_bindings=load_data.mean=(3e38,)', mode='train'))
   assert code == 2 and f'NaN or infinite at step {FINAL + 1}' in out, out[-2000:]
   assert f'ckpt-{FINAL}, was kept' in out and 'would diverge again' in out
   assert 'Traceback' not in out

@@ -40,7 +40,9 @@ def cli(*args, timeout=300):
                         text=True, timeout=timeout, cwd=REPO, env=env)
 
 
-@pytest.mark.parametrize('method', ['minc', 'spectral', 'simclr', 'byol'])
+# MINC and BYOL (the target-network path); the other methods share this path, and their train
+# steps are checked one by one in test_model.py (XLA, MirroredStrategy).
+@pytest.mark.parametrize('method', ['minc', 'byol'])
 def test_mock_imagenet_end_to_end(tmp_path, method):
   config.parse_gin([f'gin/{method}.gin'], TINY_IMAGENET)
   with tfds.testing.mock_data(num_examples=64):

@@ -1,6 +1,7 @@
 """study.py: the gradient noise-to-signal measure and the tables it writes."""
 
 import importlib.util
+import os
 import types
 
 import numpy as np
@@ -87,8 +88,9 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
   config.parse_gin([], [
       'run_study.base_gin_files = ("gin/minc.gin",)',
       'run_study.common_bindings = %r' % (tuple(
-          TINY_IMAGENET + ['run.epochs = 1', 'run.offline_linear_eval = False',
-                           'run.baselines = False', 'run.knn = False']),),
+          TINY_IMAGENET + ['run.epochs = 1', 'run.steps_per_epoch = 1',
+                           'run.offline_linear_eval = False', 'run.baselines = False',
+                           'run.knn = False', 'run.feature_rank_images = 16']),),
       'run_study.variants = {"decay 0": ["build_model.summary_decay = 0.0"], '
       '"grayscale 0.5, decay 0.5": ["view_transforms.grayscale_prob = 0.5", '
       '"build_model.summary_decay = 0.5"]}'])
@@ -109,3 +111,23 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
     steps, events, _ = read_events(str(tmp_path / f'variant{i}' / 'tensorboard'))
     value = float(tf.make_ndarray(events['hparams']['results/probe_top1'][-1].tensor_proto))
     np.testing.assert_allclose(value, row['probe_top1'], rtol=1e-6)
+
+
+def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_path, monkeypatch):
+  """Ctrl-C or SIGTERM in variant 1 ends the study there (no half-trained row, no variant 2);
+  --allow_config_change reaches each variant's train.run."""
+  from minc_tf import config
+  from minc_tf import train
+  calls = []
+
+  def fake_run(mode, model_dir, strategy, allow_config_change=False):
+    calls.append((os.path.basename(model_dir), allow_config_change))
+    done = {'probe_top1': 50.0, 'knn_top1': 50.0, 'feature_effective_rank': 1.0,
+            'final_loss': 0.0, 'pretrain_wall_time_s': 1, 'images_per_s': 1}
+    return {'preempted': 'SIGINT'} if len(calls) == 2 else done
+  monkeypatch.setattr(train, 'run', fake_run)
+  config.parse_gin([], ['run_study.variants = {"a": [], "b": [], "c": []}'])
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(), allow_config_change=True)
+  assert [r['variant'] for r in rows] == ['a']
+  assert calls == [('variant0', True), ('variant1', True)]
+  assert '| a |' in (tmp_path / 'ablation.md').read_text()
