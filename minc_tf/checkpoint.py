@@ -7,6 +7,7 @@ way, so a kill at any moment leaves the previous checkpoint loadable; Checkpoint
 the last K. It works on local disks and gs:// alike, under every strategy.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import files
 from minc_tf.errors import UserError
 
 
@@ -144,10 +146,7 @@ def _write_index(directory, prefixes):
   lines += [f'all_model_checkpoint_paths: "{n}"' for n in names]
   lines += [f'all_model_checkpoint_timestamps: {t!r}' for t in times]
   lines.append(f'last_preserved_timestamp: {min(times) - 1.0!r}')
-  path = os.path.join(directory, 'checkpoint')
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  files.write(os.path.join(directory, 'checkpoint'), '\n'.join(lines) + '\n')
 
 
 def _damage(path):
@@ -182,15 +181,38 @@ class TrainingGuard(keras.callbacks.Callback):
     self.preempted = None
     self.diverged_at = None
     self._previous_handlers = {}
+    self._held = False
 
-  def on_train_begin(self, logs=None):
-    self._last_saved = self._ckpt.step
-    self._last_saved_time = time.time()
+  @contextlib.contextmanager
+  def catching_signals(self):
+    """Takes SIGTERM and SIGINT for the whole block (several fit() calls and the time between
+    them), not just within each fit()."""
+    self._install()
+    self._held = True
+    try:
+      yield self
+    finally:
+      self._held = False
+      self._restore()
+
+  def _install(self):
+    if self._previous_handlers:
+      return
     for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
       except ValueError:  # not the main thread: no handler, periodic checkpoints still run.
         pass
+
+  def _restore(self):
+    for sig, handler in self._previous_handlers.items():
+      signal.signal(sig, handler)
+    self._previous_handlers = {}
+
+  def on_train_begin(self, logs=None):
+    self._last_saved = self._ckpt.step
+    self._last_saved_time = time.time()
+    self._install()
 
   def _on_signal(self, signum, frame):
     del frame
@@ -224,6 +246,5 @@ class TrainingGuard(keras.callbacks.Callback):
       self._save()
 
   def on_train_end(self, logs=None):
-    for sig, handler in self._previous_handlers.items():
-      signal.signal(sig, handler)
-    self._previous_handlers = {}
+    if not self._held:
+      self._restore()

@@ -178,9 +178,9 @@ class ImageData:
       file-backed sources; in-memory sources are shuffled whole.
     seed: makes the order and every augmentation reproducible (each example's views come from
       the stateless seed (seed, pipeline, example index)); None draws a fresh seed.
-    start_step: batches to skip before the first one, so that a run resumed at that step with
-      the same seed sees exactly the data of an uninterrupted run (skipped before decoding and
-      augmentation, so skipping is cheap).
+    start_step: training steps to skip before the first batch (each step took one batch per
+      replica this pipeline feeds), so that a run resumed at that step with the same seed sees
+      exactly the data of an uninterrupted run (skipped before decoding and augmentation).
     ordered: keep the order of parallel map results (tf.data deterministic); default: when a
       seed is given. Unordered is faster; the views themselves are fixed by the seed either way.
     crops_only: yield the two random-resized crops in [0, 1], unnormalised, and leave the rest of
@@ -210,7 +210,11 @@ class ImageData:
     ds = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
     if self._builder is not None:  # file shuffling alone leaves neighbours together.
       ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed)
-    ds = ds.repeat().enumerate().skip(start_step * batch_size)
+    # Each step this pipeline feeds every replica it serves one batch: a resumed run skips
+    # what it consumed, which is not start_step batches on a multi-replica host.
+    replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                     if input_context is not None else 1)
+    ds = ds.repeat().enumerate().skip(start_step * replicas_here * batch_size)
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=ordered))
@@ -371,9 +375,9 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
   require('load_data.on_corrupt', on_corrupt, one_of(('skip', 'fail')))
   require('load_data.eval_every', eval_every, int_at_least(2))
   require('load_data.num_train', num_train, int_at_least(1, optional=True))
-  require('load_data.std', std, (lambda v: v is None or each(real_in(0, math.inf,
-                                                                     low_open=True))[0](v),
-                                 'None or a list of numbers > 0, one per channel'))
+  positive = real_in(0, math.inf, low_open=True, high_open=True)
+  require('load_data.std', std, (lambda v: v is None or positive[0](v) or each(positive)[0](v),
+                                 'None, a number > 0 or a list of numbers > 0 (per channel)'))
   if name == 'image_folder':
     files, classes = _folder_source(image_dir, on_corrupt, eval_every)
     default_mean, default_std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3

@@ -9,19 +9,55 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from minc_tf.errors import int_at_least, interval_in, real_in, require
+from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
 
 
-def extract_features(encoder, dataset):
-  """Runs `encoder` (inference mode) over (image, label) batches; returns (features, labels)."""
+def extract_features(encoder, dataset, strategy=None):
+  """Runs `encoder` (inference mode) over (image, label) batches on the replicas of `strategy`
+  (default: the current one); returns (features, labels) in the dataset's order.
+
+  Every batch is padded to the first batch's size and split across the replicas, so that shapes
+  stay static (TPUs compile one program) and a short last batch is no special case; the padding
+  is masked out. Each worker of a multi-worker strategy embeds the whole dataset (auto-sharding
+  off), so that every worker holds all the features its probe needs.
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  batch = None
+  for images, _ in dataset.take(1):
+    batch = int(images.shape[0])
+  if batch is None:
+    raise ValueError('extract_features: empty dataset')
+  if batch % strategy.num_replicas_in_sync:
+    raise UserError(f'run.eval_batch_size = {batch} does not divide by the '
+                    f'{strategy.num_replicas_in_sync} replicas. Fix: bind run.eval_batch_size to '
+                    f'a multiple of {strategy.num_replicas_in_sync}.')
+
+  def pad(images, labels):
+    n = tf.shape(images)[0]
+    images = tf.pad(images, [[0, batch - n]] + [[0, 0]] * (len(images.shape) - 1))
+    images.set_shape([batch] + images.shape[1:].as_list())
+    labels = tf.pad(labels, [[0, batch - n]])
+    labels.set_shape([batch])
+    return images, labels, tf.range(batch) < n
+
+  padded = dataset.map(pad)
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+  dist = strategy.experimental_distribute_dataset(padded.with_options(options))
+
   @tf.function
-  def embed(images):
-    return encoder(images, training=False)
+  def embed(images, labels, valid):
+    return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
+                        args=(images, labels, valid))
+
+  def local(value):
+    return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
 
   feats, labels = [], []
-  for images, y in dataset:
-    feats.append(embed(images).numpy())
-    labels.append(y.numpy())
+  for images, y, valid in dist:
+    f, y, m = (local(v) for v in embed(images, y, valid))
+    feats.append(f[m])
+    labels.append(y[m])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import files
+
 
 def serving_model(encoder, mean, std):
   """uint8 images -> normalised floats -> encoder features, built from stock Keras layers only."""
@@ -43,17 +45,43 @@ def exported_step(export_dir):
 
 def export_encoder(encoder, mean, std, export_dir, step=None):
   """Writes the SavedModel, encoder.keras and export_info.json ({'step': step}) to export_dir,
-  replacing it atomically."""
+  replacing what was there.
+
+  Local disks: written beside it and swapped in by directory renames, atomically. Object stores
+  (gs://) and ram:// have no directory rename: the files are copied over one by one, with
+  export_info.json removed first and written last, so an export without it is incomplete.
+  """
   model = serving_model(encoder, mean, std)
-  tmp = export_dir.rstrip('/') + '.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
+  export_dir = export_dir.rstrip('/')
+  parent, name = os.path.split(export_dir)
+  # Not '<export_dir>.tmp' on remote filesystems: ram:// lists a directory's children by name
+  # prefix, so export/ would list export.tmp's files as its own.
+  tmp = export_dir + '.tmp' if '://' not in export_dir else os.path.join(parent, f'.tmp_{name}')
+  if tf.io.gfile.exists(tmp):
+    tf.io.gfile.rmtree(tmp)
   model.export(tmp, format='tf_saved_model', verbose=False)
   model.save(os.path.join(tmp, 'encoder.keras'))
-  with tf.io.gfile.GFile(os.path.join(tmp, INFO), 'w') as f:
-    json.dump({'step': step}, f)
-  old = export_dir.rstrip('/') + '.old'
-  if os.path.exists(export_dir):
-    os.replace(export_dir, old)
-  os.replace(tmp, export_dir)
-  shutil.rmtree(old, ignore_errors=True)
+  files.write(os.path.join(tmp, INFO), json.dumps({'step': step}))
+  if '://' not in export_dir:
+    old = export_dir + '.old'
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(export_dir):
+      os.replace(export_dir, old)
+    os.replace(tmp, export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return export_dir
+  if tf.io.gfile.exists(os.path.join(export_dir, INFO)):
+    tf.io.gfile.remove(os.path.join(export_dir, INFO))
+  written = [os.path.relpath(os.path.join(root, name), tmp)
+             for root, _, names in tf.io.gfile.walk(tmp) for name in names]
+  for rel in sorted(written, key=lambda r: r == INFO):  # the info file last
+    tf.io.gfile.makedirs(os.path.dirname(os.path.join(export_dir, rel)))
+    files.copy(os.path.join(tmp, rel), os.path.join(export_dir, rel))
+  stale = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(export_dir)
+           for name in names
+           if os.path.relpath(os.path.join(root, name), export_dir) not in written]
+  for path in stale:
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+  tf.io.gfile.rmtree(tmp)
   return export_dir

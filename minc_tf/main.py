@@ -31,8 +31,20 @@ flags.DEFINE_bool('allow_config_change', False,
                   'differ from this configuration (e.g. a lower learning rate after a NaN).')
 
 
+INSTALL = ("pip install -e '.[cpu]'   (CPU hosts)\n"
+           "  pip install -e '.[gpu]'   (NVIDIA GPU hosts: tensorflow[and-cuda])\n"
+           "  pip install -e '.[tpu]' -f https://storage.googleapis.com/libtpu-tf-releases/"
+           "index.html   (Cloud TPU VMs)")
+
+
 def main(argv):
   del argv
+  try:
+    import tensorflow  # noqa: F401  (one of three distributions provides it)
+  except ImportError:
+    print(f'\nminc_tf error: TensorFlow is not installed. Fix: install the build for this '
+          f'machine, exactly one of:\n  {INSTALL}', file=sys.stderr)
+    sys.exit(2)
   from minc_tf.errors import UserError
   from minc_tf import config
   try:

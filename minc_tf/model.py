@@ -24,7 +24,7 @@ import tensorflow as tf
 from minc_tf import losses
 from minc_tf import networks
 from minc_tf import optim
-from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
+from minc_tf.errors import int_at_least, one_of, real_in, require
 
 METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
 

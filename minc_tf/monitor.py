@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+from minc_tf import files
 from minc_tf import model as model_lib
 
 
@@ -128,10 +129,7 @@ class Monitor(keras.callbacks.Callback):
   def save_curves(self):
     if not self._curves_path:
       return
-    tmp = self._curves_path + '.tmp'
-    with tf.io.gfile.GFile(tmp, 'w') as f:
-      json.dump(self.curves, f)
-    tf.io.gfile.rename(tmp, self._curves_path, overwrite=True)
+    files.write(self._curves_path, json.dumps(self.curves))
 
   def _feature_rank(self, step):
     if self._rank_images is None:

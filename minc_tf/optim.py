@@ -87,7 +87,7 @@ def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', bas
   require('build_optimizer.base_lr', base_lr, real_in(0, math.inf, low_open=True))
   require('build_optimizer.weight_decay', weight_decay, real_in(0, math.inf))
   require('build_optimizer.momentum', momentum, real_in(0, 1, high_open=True))
-  require('build_optimizer.warmup_epochs', warmup_epochs, real_in(0, math.inf))
+  require('build_optimizer.warmup_epochs', warmup_epochs, real_in(0, math.inf, high_open=True))
   require('build_optimizer.trust_coefficient', trust_coefficient,
           real_in(0, math.inf, low_open=True))
   total = steps_per_epoch * epochs

@@ -10,6 +10,8 @@ import os
 from absl import logging
 import tensorflow as tf
 
+from minc_tf import files
+
 # (curve name in monitor.Monitor.curves, label) per panel of a run's plot.
 RUN_PANELS = (
     ('SSL loss and its terms (running mean over the epoch)',
@@ -37,11 +39,9 @@ def _pyplot():
 
 
 def _save(fig, plt, path):
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    fig.savefig(f, format='png', dpi=110, bbox_inches='tight')
+  files.write_with(path, lambda f: fig.savefig(f, format='png', dpi=110, bbox_inches='tight'),
+                   binary=True)
   plt.close(fig)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
 
 
@@ -109,5 +109,5 @@ def plot_study(rows, path, title=''):
     ax.legend(fontsize=7)
   if title:
     fig.suptitle(title, fontsize=10)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tf.io.gfile.makedirs(os.path.dirname(path) or '.')  # gs:// and ram:// too
   return _save(fig, plt, path)

@@ -1,10 +1,18 @@
 """tf.distribute strategies, chosen by name (never by catching errors)."""
 
+import os
+
+from absl import logging
 import tensorflow as tf
 
 from minc_tf.errors import UserError
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
+
+
+def host_has_nvidia_gpu():
+  """Whether the NVIDIA driver shows a GPU on this host (whatever TensorFlow can see)."""
+  return os.path.exists('/dev/nvidia0') or os.path.exists('/proc/driver/nvidia/gpus')
 
 
 def get_strategy(name='default', tpu=None):
@@ -15,6 +23,14 @@ def get_strategy(name='default', tpu=None):
     return tf.distribute.get_strategy()
   if name == 'mirrored':
     gpus = tf.config.list_logical_devices('GPU')
+    if not gpus and host_has_nvidia_gpu():
+      raise UserError(
+          'This host has an NVIDIA GPU, but TensorFlow sees none (built with CUDA: '
+          f'{tf.test.is_built_with_cuda()}): a CPU-only build such as tensorflow-cpu, or missing '
+          "CUDA libraries. Fix: pip uninstall -y tensorflow-cpu && pip install -e '.[gpu]' "
+          '(tensorflow[and-cuda]).')
+    if not gpus:
+      logging.warning('--strategy=mirrored: no GPU here; mirroring over the CPU devices.')
     devices = [d.name for d in (gpus or tf.config.list_logical_devices('CPU'))]
     return tf.distribute.MirroredStrategy(devices)
   if name == 'multi_worker':

@@ -17,6 +17,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from minc_tf import files
 from minc_tf import monitor
 from minc_tf import plots
 
@@ -131,8 +132,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
 
 def _write_variance(model_dir, rows, table_path):
   tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(os.path.join(model_dir, 'variance.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
+  files.write(os.path.join(model_dir, 'variance.json'), json.dumps(rows, indent=2))
   lines = ['| stage | batch | MINC noise/signal | Spectral noise/signal | MINC / Spectral |',
            '|---|---|---|---|---|']
   index = {(r['method'], r['stage'], r['batch_size']): r['noise_to_signal'] for r in rows}
@@ -145,14 +145,12 @@ def _write_variance(model_dir, rows, table_path):
                f'compare). Machine: {platform.machine()}, {os.cpu_count()} CPUs.')
   text = '\n'.join(lines) + '\n'
   for path in filter(None, [os.path.join(model_dir, 'variance.md'), table_path]):
-    with tf.io.gfile.GFile(path, 'w') as f:
-      f.write(text)
+    files.write(path, text)
 
 
 def _write(model_dir, name, rows, table_path, operative):
   tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(os.path.join(model_dir, f'{name}.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
+  files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
   lines = ['| variant | probe top-1 | kNN top-1 | feature eff. rank | final loss | '
            'pretrain s | images/s |', '|---|---|---|---|---|---|---|']
   for r in rows:
@@ -163,8 +161,10 @@ def _write(model_dir, name, rows, table_path, operative):
                  f"{r.get('images_per_s')} |")
   base = rows[0]
   if 'random_init_top1' in base:
+    pixels = (f"raw pixels {base['raw_pixel_top1']:.2f}" if 'raw_pixel_top1' in base else
+              f"raw pixels {base.get('raw_pixel_note', 'not measured')}")
     lines.append(f"\nSame run, same probe: random-init encoder {base['random_init_top1']:.2f}, "
-                 f"raw pixels {base['raw_pixel_top1']:.2f}.")
+                 f'{pixels}.')
   lines.append(f'\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow '
                f'{tf.__version__}, Keras {keras.__version__}.')
   lines.append('\nBase configuration (before each variant\'s bindings):\n\n```\n' + operative +
@@ -173,8 +173,7 @@ def _write(model_dir, name, rows, table_path, operative):
   png = os.path.join(model_dir, f'{name}.png')
   drawn = plots.plot_study(rows, png, title=f'study: {name}')
   for path in filter(None, [os.path.join(model_dir, f'{name}.md'), table_path]):
-    with tf.io.gfile.GFile(path, 'w') as f:
-      f.write(text)
+    files.write(path, text)
     copy = os.path.splitext(path)[0] + '.png'
     if drawn and copy != png:  # drawn once, copied beside the table
       tf.io.gfile.copy(png, copy, overwrite=True)

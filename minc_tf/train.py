@@ -22,6 +22,7 @@ from minc_tf import checkpoint
 from minc_tf import data as data_lib
 from minc_tf import evaluate
 from minc_tf import export as export_lib
+from minc_tf import files
 from minc_tf import model as model_lib
 from minc_tf import monitor
 from minc_tf import networks
@@ -75,7 +76,7 @@ def deterministic_from_gin():
 def _check_writable(model_dir):
   try:
     tf.io.gfile.makedirs(model_dir)
-    probe = os.path.join(model_dir, '.write_test')
+    probe = os.path.join(model_dir, f'.write_test-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     with tf.io.gfile.GFile(probe, 'w') as f:
       f.write('ok')
     tf.io.gfile.remove(probe)
@@ -128,6 +129,8 @@ def _check_identity(model_dir, mode, allow_change, identity):
     return True
   if not trained:
     return True
+  if 'run.mixed_precision' in recorded and recorded['run.mixed_precision'] is None:
+    recorded['run.mixed_precision'] = 'float32'  # recorded so before the two were one
   evaluating = mode in ('eval', 'export')
   keys = sorted(set(recorded) | set(identity))
   if evaluating:
@@ -165,10 +168,7 @@ def _write_identity(model_dir, identity):
 
 def _write_json(path, value):
   """Written under a name of its own and renamed: atomic, also beside other writers."""
-  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  files.write(path, json.dumps(value, indent=2))
 
 
 def _check_memory(model, strategy, global_batch_size):
@@ -203,14 +203,13 @@ def _save_weights(model, model_dir):
   """Final weights as a Keras file (for users), written to a temporary file and renamed."""
   path = os.path.join(model_dir, CHECKPOINT)
   tmp = path + '.tmp.weights.h5'
-  model.save_weights(tmp)
-  os.replace(tmp, path)
+  model.save_weights(tmp)  # Keras writes remote paths (gs://, ram://) through gfile
+  tf.io.gfile.rename(tmp, path, overwrite=True)
   return path
 
 
 def _write_text(path, text):
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(text)
+  files.write(path, text)
 
 
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy', 'allow_config_change'])
@@ -367,8 +366,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         run_monitor,
     ]
     start = time.time()
-    history = _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks,
-                        verbose, guard)
+    with guard.catching_signals():  # also between the two fit() calls of a resumed run
+      history = _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks,
+                          verbose, guard)
     wall = time.time() - start
     if guard.diverged_at is not None:
       saved = checkpointer.paths
@@ -386,8 +386,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     if steps_run:
       previous = {}
     if previous.get('final_step') == checkpointer.step:
-      # A rerun of a finished run trains nothing: keep the figures its training measured.
-      results = {**previous, **results}
+      # A rerun of a finished run trains nothing: keep the figures its training measured (not
+      # a stop on its last step: that run is finished now).
+      results = {**{k: v for k, v in previous.items() if k != 'preempted'}, **results}
     else:
       results.update(resumed_from_step=start_step, final_step=checkpointer.step,
                      pretrain_wall_time_s=round(wall, 1),
@@ -445,7 +446,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if mode in ('eval', 'train_and_eval'):
     results['eval_step'] = checkpointer.step
     results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
-                                     eval_test_examples, baselines, knn))
+                                     eval_test_examples, baselines, knn, strategy))
     if offline_linear_eval:
       start = time.time()
       results['linear_eval_top1'] = evaluate.offline_linear_eval(model.encoder, data, strategy)
@@ -510,16 +511,24 @@ def _write_results(model_dir, results, step, mode):
                         session=mode in ('train', 'train_and_eval'))
 
 
-def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn):
-  """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines."""
+# Above this many values per image the raw-pixel baseline is skipped: its probe would hold the
+# training set's pixels as features (ImageNet at 224 px: 1.28M x 150,528 floats, ~770 GB).
+RAW_PIXEL_MAX_FEATURES = 16384
+
+
+def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
+                      strategy=None):
+  """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
+  are extracted on the strategy's replicas."""
+  strategy = strategy or tf.distribute.get_strategy()
   start = time.time()
   train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
   test_ds = data.eval_dataset(data.eval_split, batch_size, limit=max_test)
   out = {}
 
   def probe(name, enc):
-    tr_x, tr_y = evaluate.extract_features(enc, train_ds)
-    te_x, te_y = evaluate.extract_features(enc, test_ds)
+    tr_x, tr_y = evaluate.extract_features(enc, train_ds, strategy)
+    te_x, te_y = evaluate.extract_features(enc, test_ds, strategy)
     out[f'{name}_top1'] = evaluate.linear_probe(tr_x, tr_y, te_x, te_y, data.num_classes)
     if knn and name == 'probe':
       out['knn_top1'] = evaluate.knn_accuracy(tr_x, tr_y, te_x, te_y, data.num_classes)
@@ -529,9 +538,17 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
   out['feature_dim'] = int(feats.shape[1])
   out['feature_effective_rank'] = monitor.feature_effective_rank(feats[:20000])
   if baselines:
-    probe('random_init', networks.build_encoder(data.image_shape, name='random_encoder'))
-    pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
-    probe('raw_pixel', pixels)
+    with strategy.scope():
+      random_encoder = networks.build_encoder(data.image_shape, name='random_encoder')
+      pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
+    probe('random_init', random_encoder)
+    size = math.prod(data.image_shape)
+    if size <= RAW_PIXEL_MAX_FEATURES:
+      probe('raw_pixel', pixels)
+    else:
+      out['raw_pixel_note'] = (f'skipped: {size} values per image (more than '
+                               f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
+                               'training images as features')
   out['eval_wall_time_s'] = round(time.time() - start, 1)
   return out
 

@@ -3,7 +3,6 @@ traceback, and a run dir left byte-identical where nothing should change; damage
 never compounded. One tiny trained run dir is shared by every case (each works on a copy)."""
 
 import glob
-import gzip
 import hashlib
 import json
 import os
@@ -287,7 +286,7 @@ def test_torn_newest_checkpoint_never_costs_the_finished_run(run_dir, idx_dir, c
   # Evaluation falls back, says so, and replaces the step-6 figures rather than mixing them.
   code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.knn=False', mode='eval'))
   assert code == 0, out[-2000:]
-  assert f'could not be loaded' in out
+  assert 'could not be loaded' in out
   evaluated = results(run_dir)
   assert evaluated['eval_step'] == STEPS and evaluated['eval_checkpoint_step'] == STEPS
   assert f'ckpt-{FINAL} unreadable' in evaluated['eval_note']
@@ -320,6 +319,17 @@ def test_torn_newest_checkpoint_of_an_unfinished_run_resumes_from_the_previous(r
   assert 'preempted' not in done
 
 
+def test_a_run_stopped_on_its_last_step_is_finished_by_its_rerun(run_dir, idx_dir, cli):
+  """SIGTERM during the last step saved the planned final step: the rerun trains nothing and
+  must not carry 'preempted' on (a study would stop at that variant on every rerun)."""
+  stopped = dict(results(run_dir), preempted='SIGTERM')
+  with open(os.path.join(run_dir, 'results.json'), 'w') as f:
+    json.dump(stopped, f)
+  code, out = cli(argv(run_dir, idx_dir, '--gin_bindings=run.knn=False', mode='train'))
+  assert code == 0, out[-2000:]
+  assert 'preempted' not in results(run_dir) and results(run_dir)['final_step'] == FINAL
+
+
 def test_nan_names_the_kept_checkpoint_and_the_way_on(run_dir, idx_dir, cli):
   """A normalisation mean of 3e38 overflows every input to -inf from the first step of the
   continued run (step 7): training stops before saving, the message names the checkpoint it
@@ -337,7 +347,7 @@ def test_all_checkpoints_damaged_stops_and_names_them(run_dir, idx_dir, cli):
   for path in glob.glob(os.path.join(run_dir, 'checkpoints', 'ckpt-*.data-*')):
     with open(path, 'r+b') as f:
       f.truncate(16)
-  os.remove(os.path.join(run_dir, 'results.json'))  # nothing else would stop a restart
+  os.remove(os.path.join(run_dir, 'results.json'))  # the restore must stop it, not this guard
   before = snapshot(run_dir)
   code, out = cli(argv(run_dir, idx_dir, mode='train'))
   assert code == 2 and 'No checkpoint in' in out and 'ckpt-3:' in out and 'ckpt-6:' in out

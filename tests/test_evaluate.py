@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from minc_tf import data as data_lib
 from minc_tf import evaluate
+from minc_tf.errors import UserError
 
 
 def np_knn(train_x, train_y, test_x, num_classes, k, temperature):
@@ -116,3 +117,25 @@ def test_linear_eval_views_are_crops_and_flips_of_training_images():
   assert None not in found and 16 <= found.count('flipped') <= 48, found
   # The protocol's crops (area U(0.08, 1)): almost no view is a whole image any more.
   assert matches(x.numpy()).count(None) >= 28
+
+
+def test_features_through_mirrored_strategy_equal_one_device_and_keep_order(mirrored):
+  """10 images in batches of 4 (a short last batch, padded and masked) over 2 replicas: the
+  features and labels equal the single-device ones, in order."""
+  import keras
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10, 6, 6, 1)).astype(np.float32)
+  y = np.arange(10)
+  ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+  with mirrored.scope():
+    enc = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3),
+                            keras.layers.GlobalAveragePooling2D()])
+  f1, y1 = evaluate.extract_features(enc, ds)
+  f2, y2 = evaluate.extract_features(enc, ds, mirrored)
+  assert f2.shape == (10, 3)
+  np.testing.assert_array_equal(y2, y)
+  np.testing.assert_array_equal(y1, y)
+  np.testing.assert_allclose(f2, f1, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(f1, enc(x).numpy(), rtol=1e-6, atol=1e-6)
+  with pytest.raises(UserError, match='run.eval_batch_size = 3 does not divide by the 2'):
+    evaluate.extract_features(enc, tf.data.Dataset.from_tensor_slices((x, y)).batch(3), mirrored)

@@ -44,3 +44,57 @@ def test_gpu_multi_worker_builds_tf_config(tmp_path):
                     'task': {'type': 'worker', 'index': 1}}
   assert '--strategy=multi_worker' in out[1] and '--model_dir=gs://b/run' in out[1]
   assert '--gin_bindings=run.epochs=1' in out[1]
+
+
+def dry_run(script, *args, **env):
+  """The commands `script` would run (DRY_RUN=1), each as its argv list."""
+  import shlex
+  env = dict(os.environ, PROJECT='p', ZONE='z', TPU='minc-tpu', BUCKET='gs://b', RUN='r',
+             DRY_RUN='1', **env)
+  out = subprocess.run(['bash', os.path.join(REPO, 'launch', script), *args], env=env,
+                       capture_output=True, text=True, check=True).stdout
+  return [shlex.split(line) for line in out.splitlines() if line.startswith(('gcloud', 'tens'))]
+
+
+def remote(argv):
+  """The command line a `gcloud ... ssh --command=...` runs on the TPU host, and the worker."""
+  flags = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+  return flags['command'], flags['worker']
+
+
+@pytest.mark.parametrize('script,pod', [('tpu_vm.sh', False), ('tpu_pod.sh', True)])
+def test_tpu_launch_runs_tensorflow_as_google_runs_it(script, pod):
+  """The TF runtime image of the installed TF version; one client on worker 0 (a pod: the TPU's
+  name and TPU_LOAD_LIBRARY=0; a single host: --tpu=local); the TPU build of TensorFlow."""
+  [create] = dry_run(script, 'create')
+  image = 'tpu-vm-tf-2.20.0-pod-pjrt' if pod else 'tpu-vm-tf-2.20.0-pjrt'
+  assert create[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create']
+  assert f'--version={image}' in create
+  assert f'--accelerator-type={"v4-32" if pod else "v4-8"}' in create
+  [install] = dry_run(script, 'install')
+  command, worker = remote(install)
+  assert worker == '0'
+  assert "pip install -e '.[tpu]' tensorflow-tpu==2.20.0 -f " \
+         'https://storage.googleapis.com/libtpu-tf-releases/index.html' in command
+  [train] = dry_run(script, 'train', '--gin_bindings=run.epochs=1')
+  command, worker = remote(train)
+  assert worker == '0'
+  assert '--strategy=tpu' in command and '--model_dir=gs://b/runs/r' in command
+  assert '--gin_bindings=run.epochs=1' in command
+  if pod:
+    assert '--tpu=minc-tpu' in command and 'TPU_LOAD_LIBRARY=0 ' in command
+  else:
+    assert '--tpu=local' in command and 'TPU_LOAD_LIBRARY' not in command
+  [board] = dry_run(script, 'tensorboard')
+  assert board == ['tensorboard', '--logdir', 'gs://b/runs']
+  [delete] = dry_run(script, 'delete')
+  assert delete[4] == 'delete' and '--quiet' in delete
+
+
+def test_tpu_install_matches_the_packaged_tpu_extra():
+  """The image's TF version, the launch install and setup.py's tpu extra name one version."""
+  with open(os.path.join(REPO, 'setup.py')) as f:
+    setup_py = f.read()
+  assert "'tpu': ['tensorflow-tpu==2.20.*']" in setup_py
+  [install] = dry_run('tpu_vm.sh', 'install')
+  assert 'tensorflow-tpu==2.20.0' in remote(install)[0]

@@ -81,28 +81,34 @@ def test_batch_not_divisible_by_replicas_is_a_clear_error(tmp_path, mirrored):
 
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason='needs apt-get install dataset-fashion-mnist')
 def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
+  """The whole run with its model dir on ram:// (TensorFlow's in-memory filesystem, the offline
+  stand-in for gs://): train, checkpoint, rerun (resume), eval, export, results, plot; nothing
+  may appear on the local disk."""
+  model_dir = f'ram://{tmp_path.name}/run'
+  local_before = sorted(os.listdir(REPO)), sorted(os.listdir(tmp_path))
   config.parse_gin(['gin/quickstart.gin'], [
       'run.steps_per_epoch = 3', 'run.epochs = 1', 'run.eval_train_examples = 2000',
       'run.eval_test_examples = 500', 'run.verbose = 0', 'build_encoder.base_width = 8'])
-  results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
+  results = train.run('train_and_eval', model_dir, tf.distribute.get_strategy())
   for key in ('probe_top1', 'random_init_top1', 'raw_pixel_top1', 'knn_top1',
               'pretrain_wall_time_s', 'images_per_s', 'final_loss_attract', 'final_loss_repel'):
     assert key in results, key
   assert results['raw_pixel_top1'] > 60  # real images: the raw-pixel probe is well above chance.
-  with open(tmp_path / 'results.json') as f:
+  with tf.io.gfile.GFile(f'{model_dir}/results.json') as f:
     assert json.load(f)['probe_top1'] == results['probe_top1']
   # Feature rank at the start and at the end of the epoch, on the test images.
   assert [p[0] for p in results['feature_effective_rank_curve']] == [0, 3]
   if importlib.util.find_spec('matplotlib'):  # the optional plot extra (installed by CI)
     assert results['plot'] == 'training.png'
-    assert (tmp_path / 'training.png').read_bytes()[:4] == b'\x89PNG'
+    with tf.io.gfile.GFile(f'{model_dir}/training.png', 'rb') as f:
+      assert f.read()[:4] == b'\x89PNG'
 
   # Rerunning the finished run trains nothing and keeps what its training measured.
   gin.clear_config()
   config.parse_gin(['gin/quickstart.gin'], [
       'run.steps_per_epoch = 3', 'run.epochs = 1', 'run.verbose = 0',
       'build_encoder.base_width = 8'])
-  rerun = train.run('train', str(tmp_path), tf.distribute.get_strategy())
+  rerun = train.run('train', model_dir, tf.distribute.get_strategy())
   for key in ('pretrain_wall_time_s', 'images_per_s', 'resumed_from_step', 'final_loss',
               'probe_top1'):
     assert rerun[key] == results[key], key
@@ -113,15 +119,26 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
       'run.epochs = 5', 'run.eval_train_examples = 1000', 'run.eval_test_examples = 200',
       'run.baselines = False', 'run.knn = False', 'run.verbose = 0',
       'build_encoder.base_width = 8'])
-  train.run('eval', str(tmp_path), tf.distribute.get_strategy())
-  with open(tmp_path / 'results.json') as f:
+  train.run('eval', model_dir, tf.distribute.get_strategy())
+  with tf.io.gfile.GFile(f'{model_dir}/results.json') as f:
     evaluated = json.load(f)
   assert evaluated['eval_checkpoint_step'] == 3
   assert evaluated['epochs'] == 1 and evaluated['steps'] == 3  # the trained run's, not 5
   assert evaluated['pretrain_wall_time_s'] == results['pretrain_wall_time_s']
   assert 0 <= evaluated['probe_top1'] <= 100 and evaluated['knn_top1'] == results['knn_top1']
 
-  # Round trip: a fresh process with no minc_tf on its path serves the same features.
+  for name in ('checkpoint.weights.h5', 'export/saved_model.pb', 'export/encoder.keras',
+               'export/export_info.json', 'checkpoints/checkpoint', 'run_identity.json',
+               'tensorboard/hparams', 'curves.json'):
+    assert tf.io.gfile.exists(f'{model_dir}/{name}'), name
+  assert (sorted(os.listdir(REPO)), sorted(os.listdir(tmp_path))) == local_before
+  # Served from ram:// in this process, and after a copy to disk in a fresh process with no
+  # minc_tf on its path: the same features.
+  for root, _, names in tf.io.gfile.walk(f'{model_dir}/export'):
+    local = os.path.join(tmp_path, 'export', os.path.relpath(root, f'{model_dir}/export'))
+    os.makedirs(local, exist_ok=True)
+    for name in names:
+      tf.io.gfile.copy(f'{root}/{name}', os.path.join(local, name))
   images = data_lib.load_data().arrays('test')[0][:16]
   np.save(tmp_path / 'images.npy', images)
   script = (
@@ -146,11 +163,14 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
   data = data_lib.load_data()
   from minc_tf import model as model_lib
   model = model_lib.build_model(data.image_shape, num_classes=10)
-  model.load_weights(str(tmp_path / train.CHECKPOINT))
+  model.load_weights(f'{model_dir}/{train.CHECKPOINT}')
   x = (images.astype(np.float32) / 255.0 - data.mean[0]) / data.std[0]
   expected = model.encoder(x, training=False).numpy()
   np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.load(tmp_path / 'keras.npy'), expected, rtol=1e-5, atol=1e-5)
+  loaded = tf.saved_model.load(f'{model_dir}/export')  # referenced: it owns the variables
+  in_memory = loaded.serve(tf.constant(images)).numpy()
+  np.testing.assert_allclose(in_memory, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_missing_imagenet_names_data_dir_and_fix(tmp_path):

@@ -111,7 +111,6 @@ def test_every_summary_reaches_the_event_files_at_its_step(tmp_path):
   """A real run whose epoch (3 steps) is not a multiple of the logging cadence (2): Keras'
   callback records only at steps divisible by 2 during fit(), and epoch-end summaries at step 3
   were dropped. Every tag the README lists, at every step it belongs to."""
-  import gin
   import tensorflow_datasets as tfds
   from minc_tf import config
   from minc_tf import train

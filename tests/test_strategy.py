@@ -20,6 +20,13 @@ def test_default_and_mirrored():
   assert strategy_lib.get_strategy('mirrored').num_replicas_in_sync == 2  # 2 logical CPUs
 
 
+def test_mirrored_on_a_gpu_host_with_a_cpu_only_tensorflow_is_an_error(monkeypatch):
+  """tensorflow-cpu on a GPU host used to mirror over the CPU without a word."""
+  monkeypatch.setattr(strategy_lib, 'host_has_nvidia_gpu', lambda: True)
+  with pytest.raises(UserError, match=r"TensorFlow sees none .* pip install -e '.\[gpu\]'"):
+    strategy_lib.get_strategy('mirrored')
+
+
 def test_tpu_without_name_and_unknown_strategy_are_clear_errors():
   with pytest.raises(UserError, match='--tpu'):
     strategy_lib.get_strategy('tpu')

@@ -71,6 +71,12 @@ def test_tables(tmp_path):
   if importlib.util.find_spec('matplotlib'):  # drawn once, the same PNG beside both tables
     png = (tmp_path / 'run' / 'ablation.png').read_bytes()
     assert png[:4] == b'\x89PNG' and (docs / 'table.png').read_bytes() == png
+  # On a remote filesystem (ram://, the stand-in for gs://) nothing lands on the local disk.
+  study._write('ram://tables/run', 'ablation', rows, None, 'run.epochs = 1\n')
+  assert tf.io.gfile.exists('ram://tables/run/ablation.md')
+  if importlib.util.find_spec('matplotlib'):
+    assert tf.io.gfile.exists('ram://tables/run/ablation.png')
+  assert not os.path.exists('ram:')
   var = [{'method': m, 'stage': 'init', 'batch_size': 64, 'noise_to_signal': v}
          for m, v in (('minc', 2.0), ('spectral', 4.0))]
   study._write_variance(str(tmp_path), var, None)
