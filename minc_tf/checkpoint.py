@@ -5,12 +5,20 @@ statistic, probe) and its optimizer (slots and step count). TensorFlow writes th
 under temporary names and renames them, then rewrites the small `checkpoint` index the same
 way, so a kill at any moment leaves the previous checkpoint loadable; CheckpointManager keeps
 the last K. It works on local disks and gs:// alike, under every strategy.
+
+Under MultiWorkerMirroredStrategy every worker takes part in every save (reading the Keras
+metrics' on-read variables is a collective), but only the chief's files are kept: the others
+save into a private directory of their own (`save_directory`) and restore from the chief's.
+A SIGTERM (or Ctrl-C) on any one worker is agreed on through Google's
+PreemptionCheckpointHandler, so that every worker saves at the same step and stops.
 """
 
 import contextlib
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 
 from absl import logging
@@ -23,9 +31,15 @@ from minc_tf.errors import UserError
 
 
 class Checkpointer:
-  """Saves and restores the training state of `model` in `directory`."""
+  """Saves and restores the training state of `model` in `directory`.
 
-  def __init__(self, model, directory, keep=3):
+  save_directory: where this process saves, when not `directory` (a multi-worker run's
+  non-chief workers: their saves are collective duties, not files to keep). Such a Checkpointer
+  never writes to `directory`: it restores the newest of the checkpoint files it finds there.
+  Create it under the strategy's scope: `data_seed` is then the chief's on every worker.
+  """
+
+  def __init__(self, model, directory, keep=3, save_directory=None):
     self._model = model
     # The input pipeline's random state: every view is a function of (data_seed, example
     # index) and the step fixes the index, so this seed is all a resumed run needs to continue
@@ -36,7 +50,12 @@ class Checkpointer:
                                      data_seed=self.data_seed)
     self.directory = directory
     self._keep = keep
-    self._manager = self._open_manager()
+    self._reader_only = save_directory not in (None, directory)
+    self.index_rebuilt = False
+    if self._reader_only:
+      self._manager = tf.train.CheckpointManager(self._ckpt, save_directory, max_to_keep=1)
+    else:
+      self._manager = self._open_manager()
     self.damaged = []  # newer checkpoints a restore skipped as unreadable, with the reason
 
   def _files_on_disk(self):
@@ -107,7 +126,8 @@ class Checkpointer:
     """
     self.build_optimizer()
     self.damaged = []
-    for path in reversed(self._manager.checkpoints):
+    candidates = self._files_on_disk() if self._reader_only else self._manager.checkpoints
+    for path in reversed(candidates):
       try:
         return self.restore(path)
       except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
@@ -160,6 +180,46 @@ def _damage(path):
   return None
 
 
+def in_cluster(strategy):
+  """Whether `strategy` spans several worker processes (MultiWorkerMirroredStrategy over a
+  TF_CONFIG cluster): then saves are collective and a signal must reach every worker."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
+          resolver is not None and bool(resolver.cluster_spec().jobs))
+
+
+class ClusterPreemption:
+  """Every worker saves at the same step when any one of them is told to stop.
+
+  Google's PreemptionCheckpointHandler does the agreeing: a worker that gets SIGTERM posts its
+  step to the cluster's coordination service, every worker reads it and, on reaching it, calls
+  `save` and then `stop` (our checkpoint and our way of stopping fit(), instead of its own
+  manager and exit). `check()` must run on every worker at the same points (each batch end).
+  On platforms where the handler watches no signal (GCE CPU and TPU VMs, where it is a no-op;
+  GCE GPU VMs, where it polls the metadata server for maintenance events) `notify` is None.
+  """
+
+  def __init__(self, strategy, save, stop):
+    # The handler's own checkpoint dir (never written: `save` is ours); a non-chief worker's
+    # handler makes a sibling of it, so both lie inside this directory, removed by close().
+    self._dir = tempfile.mkdtemp(prefix='minc_tf_preemption_')
+    before = signal.getsignal(signal.SIGTERM)
+    self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, tf.train.Checkpoint(), os.path.join(self._dir, 'unused'),
+        tf.distribute.experimental.TerminationConfig(save_fn=save, exit_fn=stop))
+    installed = signal.getsignal(signal.SIGTERM)
+    self.notify = installed if installed is not before else None  # (signum, frame) -> None
+
+  def check(self):
+    self._handler.save_checkpoint_if_preempted()
+
+  def close(self):
+    # Stops the handler's thread that waits on the coordination service (its finaliser does,
+    # and a thread holding the handler keeps that from running by itself).
+    self._handler.__del__()
+    shutil.rmtree(self._dir, ignore_errors=True)
+
+
 class TrainingGuard(keras.callbacks.Callback):
   """Periodic checkpoints, a NaN / Inf guard and a SIGTERM / SIGINT handler.
 
@@ -167,10 +227,12 @@ class TrainingGuard(keras.callbacks.Callback):
   first, and at each epoch end, unless the loss has become non-finite: then it stops training
   without saving, so the last good checkpoint stays the newest, and `diverged_at` names the
   step. On SIGTERM (preemption) or SIGINT (Ctrl-C) it saves at the end of the current step and
-  stops; `preempted` then names the signal. A second Ctrl-C interrupts at once.
+  stops; `preempted` then names the signal. A second Ctrl-C interrupts at once. With a
+  multi-worker `strategy`, a signal on one worker makes every worker save the same step and
+  stop (ClusterPreemption); `every_secs` must then be None (each worker has its own clock).
   """
 
-  def __init__(self, checkpointer, every_steps=1000, every_secs=None):
+  def __init__(self, checkpointer, every_steps=1000, every_secs=None, strategy=None):
     super().__init__()
     self._ckpt = checkpointer
     self._every = max(int(every_steps), 1) if every_steps else None
@@ -182,6 +244,8 @@ class TrainingGuard(keras.callbacks.Callback):
     self.diverged_at = None
     self._previous_handlers = {}
     self._held = False
+    self._strategy = strategy
+    self._cluster = None
 
   @contextlib.contextmanager
   def catching_signals(self):
@@ -196,9 +260,20 @@ class TrainingGuard(keras.callbacks.Callback):
       self._restore()
 
   def _install(self):
-    if self._previous_handlers:
+    if self._previous_handlers or self._cluster is not None:
       return
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    if in_cluster(self._strategy):
+      before = signal.getsignal(signal.SIGTERM)
+      self._cluster = ClusterPreemption(self._strategy, save=self._save,
+                                        stop=self._stop_with_cluster)
+      if self._cluster.notify is not None:
+        self._previous_handlers[signal.SIGTERM] = before  # the handler's own takes SIGTERM
+        signals = (signal.SIGINT,)
+      else:
+        logging.warning('Multi-worker run on a platform where PreemptionCheckpointHandler '
+                        'watches no signal: a SIGTERM or Ctrl-C must reach every worker.')
+    for sig in signals:
       try:
         self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
       except ValueError:  # not the main thread: no handler, periodic checkpoints still run.
@@ -208,22 +283,32 @@ class TrainingGuard(keras.callbacks.Callback):
     for sig, handler in self._previous_handlers.items():
       signal.signal(sig, handler)
     self._previous_handlers = {}
-
-  def on_train_begin(self, logs=None):
-    self._last_saved = self._ckpt.step
-    self._last_saved_time = time.time()
-    self._install()
+    if self._cluster is not None:
+      self._cluster.close()
+      self._cluster = None
 
   def _on_signal(self, signum, frame):
-    del frame
     if self._signal == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the step
     self._signal = signum
+    if self._cluster is not None and self._cluster.notify is not None:
+      self._cluster.notify(signum, frame)  # Ctrl-C as a preemption notice to the cluster
+
+  def _stop_with_cluster(self):
+    """ClusterPreemption's stop: every worker has saved this step."""
+    self.preempted = (signal.Signals(self._signal).name if self._signal is not None else
+                      'SIGTERM on another worker')
+    self.model.stop_training = True
 
   def _save(self):
     self._ckpt.save()
     self._last_saved = self._ckpt.step
     self._last_saved_time = time.time()
+
+  def on_train_begin(self, logs=None):
+    self._last_saved = self._ckpt.step
+    self._last_saved_time = time.time()
+    self._install()
 
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
@@ -233,12 +318,17 @@ class TrainingGuard(keras.callbacks.Callback):
       self.model.stop_training = True
       return
     step = self._ckpt.step
-    if self._signal is not None:
+    if self._cluster is not None:
+      self._cluster.check()  # may save and stop, on every worker at once
+      if self.preempted:
+        return
+    if self._signal is not None and (self._cluster is None or self._cluster.notify is None):
       self._save()
       self.preempted = signal.Signals(self._signal).name
       self.model.stop_training = True
-    elif ((self._every and step - self._last_saved >= self._every) or
-          (self._every_secs and time.time() - self._last_saved_time >= self._every_secs)):
+      return
+    if ((self._every and step - self._last_saved >= self._every) or
+        (self._every_secs and time.time() - self._last_saved_time >= self._every_secs)):
       self._save()
 
   def on_epoch_end(self, epoch, logs=None):

@@ -120,10 +120,15 @@ class ImageData:
   # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
 
   def _examples(self, split, input_context=None, shuffle=False, seed=None):
+    """This input pipeline's share of `split`. shuffle: in-memory sources shuffled whole, anew
+    each iteration; TFDS files in one order fixed by the seed (pretrain_dataset shuffles the
+    examples of each epoch itself)."""
     if self._builder is not None:
       import tensorflow_datasets as tfds
-      # Per-host file sharding: each input pipeline reads only its own files.
+      # Per-host file sharding: each input pipeline reads only its own files. The file order
+      # is the same every epoch, so that epoch e's stream is a function of (seed, e) alone.
       read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
+                                    shuffle_reshuffle_each_iteration=False,
                                     try_autocache=False)
       ds = self._builder.as_dataset(split=split, shuffle_files=shuffle,
                                     read_config=read_config, as_supervised=True,
@@ -180,7 +185,9 @@ class ImageData:
       the stateless seed (seed, pipeline, example index)); None draws a fresh seed.
     start_step: training steps to skip before the first batch (each step took one batch per
       replica this pipeline feeds), so that a run resumed at that step with the same seed sees
-      exactly the data of an uninterrupted run (skipped before decoding and augmentation).
+      exactly the data of an uninterrupted run. Each epoch's order and views are functions of
+      (seed, pipeline, epoch), so the resumed stream starts at its epoch and skips at most one
+      epoch's examples, before decoding and augmentation.
     ordered: keep the order of parallel map results (tf.data deterministic); default: when a
       seed is given. Unordered is faster; the views themselves are fixed by the seed either way.
     crops_only: yield the two random-resized crops in [0, 1], unnormalised, and leave the rest of
@@ -194,9 +201,10 @@ class ImageData:
     pipeline = input_context.input_pipeline_id if input_context is not None else 0
     base = tf.constant([seed, pipeline], tf.int64)
 
-    def two_views(index, example):
+    def two_views(epoch, index, example):
       image, label = example
-      rng = augment.Rng(tf.random.experimental.stateless_fold_in(base, index))
+      rng = augment.Rng(tf.random.experimental.stateless_fold_in(
+          tf.random.experimental.stateless_fold_in(base, epoch), index))
       crops = [self._random_crop(image, crop, rng) for _ in range(2)]
       if crops_only:
         v1, v2 = crops
@@ -207,14 +215,32 @@ class ImageData:
       v2.set_shape(self.image_shape)
       return (v1, v2), label
 
-    ds = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
-    if self._builder is not None:  # file shuffling alone leaves neighbours together.
-      ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed)
+    if self._builder is None:  # in memory: shuffled whole, per epoch below
+      examples = self._examples(self.train_split, input_context)
+      buffer = len((self._arrays or self._files)[self.train_split][1])
+    else:  # files in an order of their own; file shuffling alone leaves neighbours together.
+      examples = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
+      buffer = shuffle_buffer or 10 * batch_size
     # Each step this pipeline feeds every replica it serves one batch: a resumed run skips
     # what it consumed, which is not start_step batches on a multi-replica host.
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                      if input_context is not None else 1)
-    ds = ds.repeat().enumerate().skip(start_step * replicas_here * batch_size)
+    consumed = start_step * replicas_here * batch_size
+    per_epoch = int(examples.cardinality())
+    if per_epoch > 0:
+      first_epoch, offset = divmod(consumed, per_epoch)
+    else:  # an unknown epoch size: skip from the start (reads every example since step 0)
+      first_epoch, offset = 0, consumed
+      if consumed:
+        logging.warning('The size of an epoch of %s is unknown: resuming reads and discards '
+                        '%d examples.', self.name, consumed)
+
+    def epoch_stream(epoch):
+      order = examples.shuffle(buffer, seed=tf.constant(seed, tf.int64) * 1000003 + epoch,
+                               reshuffle_each_iteration=False)
+      return order.enumerate().map(lambda index, example: (epoch, index, example))
+
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_stream).skip(offset)
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=ordered))

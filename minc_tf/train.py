@@ -5,9 +5,11 @@ build_model, build_encoder, build_optimizer, view_transforms, linear_probe); mai
 flags and gin and calls run().
 """
 
+import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 import uuid
 
@@ -163,12 +165,7 @@ def _write_identity(model_dir, identity):
       history = list(old.get('history', [])) + [old['settings']]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
       pass
-  _write_json(path, {'settings': identity, 'history': history})
-
-
-def _write_json(path, value):
-  """Written under a name of its own and renamed: atomic, also beside other writers."""
-  files.write(path, json.dumps(value, indent=2))
+  files.write(path, json.dumps({'settings': identity, 'history': history}, indent=2))
 
 
 def _check_memory(model, strategy, global_batch_size):
@@ -208,8 +205,40 @@ def _save_weights(model, model_dir):
   return path
 
 
-def _write_text(path, text):
-  files.write(path, text)
+TRAINING = ('train', 'train_and_eval')
+
+
+@dataclasses.dataclass
+class _Job:
+  """What the phases of run() share.
+
+  model_dir is the run's directory: every worker reads it, only the chief writes it. out_dir is
+  where this process writes: model_dir, or, on a multi-worker run's other workers, a private
+  temporary directory for their part in the collective saves, removed by close().
+  """
+  mode: str
+  model_dir: str
+  out_dir: str
+  strategy: tf.distribute.Strategy
+  data: data_lib.ImageData
+  model: model_lib.SSLModel
+  checkpointer: checkpoint.Checkpointer
+  global_batch_size: int
+  epochs: int
+  steps_per_epoch: int
+  identity: dict
+  record_identity: bool
+
+  @property
+  def chief(self):
+    return self.out_dir == self.model_dir
+
+  def out(self, name):
+    return os.path.join(self.out_dir, name)
+
+  def close(self):
+    if not self.chief and tf.io.gfile.exists(self.out_dir):
+      tf.io.gfile.rmtree(self.out_dir)
 
 
 @gin.configurable(denylist=['mode', 'model_dir', 'strategy', 'allow_config_change'])
@@ -248,8 +277,15 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   checkpoint_every_steps / checkpoint_every_secs / keep_checkpoints: training-state checkpoints
     in <model_dir>/checkpoints, every so many steps or seconds, whichever comes first (also at
     each epoch end and on SIGTERM or Ctrl-C); a rerun resumes from the newest readable one.
+    Under MultiWorkerMirroredStrategy only the steps count (each worker has its own clock),
+    and a SIGTERM on any worker makes all of them save the same step and stop.
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
+
+  Phases: checks, set-up (data, model, optimizer, the run's identity), then for training
+  resume + fit + finish (weights, export), else the newest checkpoint; then evaluation and
+  results. Every worker runs every phase (collectives must match); only the chief's files
+  stay (_Job.out_dir).
   """
   if mode not in MODES:
     raise UserError(f'Unknown --mode {mode!r}; choose one of {", ".join(MODES)}.')
@@ -281,6 +317,60 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if deterministic and os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
     logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
                     'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
+
+  job = _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
+                steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
+                keep_checkpoints, allow_config_change)
+  try:
+    if mode in TRAINING:
+      start_step = _resume(job, seed)
+      fit = _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_freq,
+                 feature_rank_every_steps, feature_rank_per_epoch, feature_rank_images,
+                 checkpoint_every_steps, checkpoint_every_secs)
+      results = _training_results(job, start_step, fit)
+      if fit.guard.preempted:
+        _write_results(job, results)
+        return results
+      _finish_training(job)
+    else:
+      results = _restored_results(job)
+    if mode in ('eval', 'train_and_eval'):
+      results['eval_step'] = job.checkpointer.step
+      results.update(evaluate_encoders(job.model.encoder, job.data, eval_batch_size,
+                                       eval_train_examples, eval_test_examples, baselines, knn,
+                                       strategy))
+      if offline_linear_eval:
+        start = time.time()
+        results['linear_eval_top1'] = evaluate.offline_linear_eval(job.model.encoder, job.data,
+                                                                   strategy)
+        results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
+    if mode in TRAINING:
+      title = f'{job.model.method}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
+      if 'probe_top1' in results:
+        title += f": linear probe {results['probe_top1']:.2f}%"
+      if plots.plot_run(fit.monitor.curves, job.out('training.png'), title):
+        results['plot'] = 'training.png'
+    _write_results(job, results)
+    return results
+  finally:
+    job.close()
+
+
+def _worker_dir(strategy, model_dir):
+  """model_dir for the chief (and every single-client strategy); a private temporary directory
+  for the other workers of a multi-worker run."""
+  if strategy.extended.should_checkpoint:
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return tempfile.mkdtemp(prefix=f'minc_tf_{resolver.task_type}{resolver.task_id}_')
+
+
+def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
+            steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
+            keep_checkpoints, allow_config_change):
+  """Data, model and optimizer (built up front: slots must exist before a checkpoint loads into
+  them, and a lazy build inside fit fails under MultiWorkerMirroredStrategy), the memory and
+  write checks, and the identity check. Nothing is written before every check has passed."""
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise UserError(f'The global batch size {global_batch_size} does not divide by the '
@@ -293,12 +383,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                     f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
   augment.view_transforms(data.image_shape[0])  # checks its settings; they join the identity
-  total_steps = steps_per_epoch * epochs
 
   keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
   with strategy.scope():
     model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
-                                  total_steps=total_steps, sync_bn=replicas > 1)
+                                  total_steps=steps_per_epoch * epochs, sync_bn=replicas > 1)
     optimizer = optim.build_optimizer(global_batch_size, steps_per_epoch, epochs)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
@@ -307,157 +396,184 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if augment_on_device:
     _, view1, view2 = augment.view_transforms(data.image_shape[0])
     model.device_views = augment.batch_views(view1, view2, data.mean, data.std)
-
-  results = {'method': model.method, 'dataset': data.name, 'epochs': epochs,
-             'batch_size': global_batch_size, 'steps': total_steps, 'replicas': replicas}
   identity = run_identity(
       global_batch_size=global_batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
       seed=seed, augment_on_device=augment_on_device,
       mixed_precision=mixed_precision or 'float32')
   record_identity = _check_identity(model_dir, mode, allow_config_change, identity)
-  checkpointer = checkpoint.Checkpointer(model, os.path.join(model_dir, 'checkpoints'),
-                                         keep=keep_checkpoints)
-  if mode in ('train', 'train_and_eval'):
-    with strategy.scope():  # optimizer slots are created on restore
-      start_step = checkpointer.restore_latest()
-    previous = _read_results(model_dir)
-    finished = previous.get('final_step', 0) if not previous.get('preempted') else 0
-    finished = max(finished, export_lib.exported_step(os.path.join(model_dir, 'export')) or 0)
-    if finished > start_step:
-      unread = ''.join(f' ({os.path.basename(p)} unreadable: {d})' for p, d in checkpointer.damaged)
-      raise UserError(
-          f'{model_dir} holds a run that finished at step {finished}, but its newest readable '
-          f'checkpoint is of step {start_step}{unread}: training from there would overwrite '
-          'the finished run\'s weights, export and results. Nothing was changed. Fix: restore '
-          'the checkpoint files, or train in another --model_dir.')
-    if record_identity:
-      _write_identity(model_dir, identity)
-    _write_text(os.path.join(model_dir, 'config.gin'), gin.config_str())
-    if seed is not None:
-      checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
-    data_seed = int(checkpointer.data_seed.numpy())
+  out_dir = _worker_dir(strategy, model_dir)
+  with strategy.scope():  # the data seed is then the chief's on every worker
+    checkpointer = checkpoint.Checkpointer(
+        model, os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints,
+        save_directory=os.path.join(out_dir, 'checkpoints'))
+    checkpointer.build_optimizer()
+  return _Job(mode, model_dir, out_dir, strategy, data, model, checkpointer, global_batch_size,
+              epochs, steps_per_epoch, identity, record_identity)
 
-    def dataset_from(step):
-      return strategy.distribute_datasets_from_function(
-          lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(global_batch_size),
-                                            ctx, seed=data_seed, start_step=step,
-                                            crops_only=augment_on_device,
-                                            ordered=seed is not None))
 
-    # Each worker would read its own clock and save at a different step: steps only there.
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    guard = checkpoint.TrainingGuard(checkpointer, every_steps=checkpoint_every_steps,
-                                     every_secs=None if multi_worker else checkpoint_every_secs)
-    (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
-    rank_images = None
-    if feature_rank_images:
-      rank_images = np.concatenate([x.numpy() for x, _ in data.eval_dataset(
-          data.eval_split, 256, limit=feature_rank_images)])
-    tb_dir = os.path.join(model_dir, 'tensorboard')
-    run_monitor = monitor.Monitor(tb_dir, global_batch_size, every_steps=tensorboard_update_freq,
-                                  view_pairs=(v1, v2), config_text=gin.config_str(),
-                                  rank_images=rank_images,
-                                  rank_every_steps=feature_rank_every_steps or max(
-                                      steps_per_epoch // feature_rank_per_epoch, 1),
-                                  curves_path=os.path.join(model_dir, 'curves.json'))
-    callbacks = [  # the guard first: no checkpoint is written after a NaN step.
-        guard,
-        monitor.TensorBoard(tb_dir, update_freq=tensorboard_update_freq),
-        run_monitor,
-    ]
-    start = time.time()
-    with guard.catching_signals():  # also between the two fit() calls of a resumed run
-      history = _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks,
-                          verbose, guard)
-    wall = time.time() - start
-    if guard.diverged_at is not None:
-      saved = checkpointer.paths
-      kept = (f'the last good checkpoint, {saved[-1]}, was kept; rerunning the same command '
-              'resumes from it and would diverge again' if saved else
-              'no checkpoint had been written yet')
-      raise UserError(
-          f'The loss became NaN or infinite at step {guard.diverged_at}; training stopped and '
-          f'{kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
-          'clip on (build_model.mu > 0), use float32 (run.mixed_precision=None), or check the '
-          'data\'s normalisation (load_data.mean / std), then rerun with '
-          '--allow_config_change to continue this run with the new setting, or start afresh in '
-          'another --model_dir.')
-    steps_run = checkpointer.step - start_step
-    if steps_run:
-      previous = {}
-    if previous.get('final_step') == checkpointer.step:
-      # A rerun of a finished run trains nothing: keep the figures its training measured (not
-      # a stop on its last step: that run is finished now).
-      results = {**{k: v for k, v in previous.items() if k != 'preempted'}, **results}
-    else:
-      results.update(resumed_from_step=start_step, final_step=checkpointer.step,
-                     pretrain_wall_time_s=round(wall, 1),
-                     images_per_s=round(steps_run * global_batch_size / max(wall, 1e-9), 1))
-    if history is not None and history.history.get('loss'):
-      results['final_loss'] = float(history.history['loss'][-1])
-      for name in ('loss_attract', 'loss_repel', 'probe_loss', 'probe_train_acc'):
-        if history.history.get(name):
-          results[f'final_{name}'] = float(history.history[name][-1])
-    ranks = run_monitor.curves.get('feature_effective_rank')
-    if ranks:
-      results['feature_effective_rank_curve'] = ranks
-    results['curves'] = 'curves.json'
+def _resume(job, seed):
+  """Restores the newest readable checkpoint (its step; 0 for a fresh run) unless that would
+  overwrite a finished run, and records the run's identity and config."""
+  with job.strategy.scope():  # restored slots are created as distributed variables
+    start_step = job.checkpointer.restore_latest()
+  previous = _read_results(job)
+  finished = previous.get('final_step', 0) if not previous.get('preempted') else 0
+  finished = max(finished,
+                 export_lib.exported_step(os.path.join(job.model_dir, 'export')) or 0)
+  if finished > start_step:
+    unread = ''.join(f' ({os.path.basename(p)} unreadable: {d})'
+                     for p, d in job.checkpointer.damaged)
+    raise UserError(
+        f'{job.model_dir} holds a run that finished at step {finished}, but its newest '
+        f'readable checkpoint is of step {start_step}{unread}: training from there would '
+        'overwrite the finished run\'s weights, export and results. Nothing was changed. Fix: '
+        'restore the checkpoint files, or train in another --model_dir.')
+  if job.record_identity:
+    _write_identity(job.out_dir, job.identity)
+  files.write(job.out('config.gin'), gin.config_str())
+  if seed is not None:
+    job.checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
+  return start_step
 
-    if guard.preempted:
-      results['preempted'] = guard.preempted
-      logging.warning('%s: checkpoint saved at step %d; rerun the same command to resume.',
-                      guard.preempted, checkpointer.step)
-      _write_results(model_dir, results, checkpointer.step, mode)
-      return results
-    _save_weights(model, model_dir)
-    export_lib.export_encoder(model.encoder, data.mean, data.std,
-                              os.path.join(model_dir, 'export'), step=checkpointer.step)
-    _write_text(os.path.join(model_dir, 'operative_config.gin'), gin.operative_config_str())
+
+@dataclasses.dataclass
+class _Fit:
+  history: object
+  guard: checkpoint.TrainingGuard
+  monitor: monitor.Monitor
+  wall_s: float
+
+
+def _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_freq,
+         feature_rank_every_steps, feature_rank_per_epoch, feature_rank_images,
+         checkpoint_every_steps, checkpoint_every_secs):
+  """Trains from start_step to the planned step, or until a signal, with checkpoints and
+  TensorBoard; a NaN loss is a UserError naming the checkpoint kept."""
+  data, strategy, model = job.data, job.strategy, job.model
+  data_seed = int(job.checkpointer.data_seed.numpy())
+
+  def dataset_from(step):
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(job.global_batch_size),
+                                          ctx, seed=data_seed, start_step=step,
+                                          crops_only=augment_on_device,
+                                          ordered=seed is not None))
+
+  cluster = checkpoint.in_cluster(strategy)
+  guard = checkpoint.TrainingGuard(
+      job.checkpointer, every_steps=checkpoint_every_steps,
+      every_secs=None if cluster else checkpoint_every_secs,  # one clock per worker
+      strategy=strategy)
+  (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
+  rank_images = None
+  if feature_rank_images:
+    rank_images = np.concatenate([x.numpy() for x, _ in data.eval_dataset(
+        data.eval_split, 256, limit=feature_rank_images)])
+  tb_dir = job.out('tensorboard')
+  run_monitor = monitor.Monitor(
+      tb_dir, job.global_batch_size, every_steps=tensorboard_update_freq, view_pairs=(v1, v2),
+      config_text=gin.config_str(), rank_images=rank_images,
+      rank_every_steps=feature_rank_every_steps or max(
+          job.steps_per_epoch // feature_rank_per_epoch, 1),
+      curves_path=job.out('curves.json'))
+  callbacks = [  # the guard first: no checkpoint is written after a NaN step.
+      guard,
+      monitor.TensorBoard(tb_dir, update_freq=tensorboard_update_freq),
+      run_monitor,
+  ]
+  start = time.time()
+  with guard.catching_signals():  # also between the two fit() calls of a resumed run
+    history = _fit_from(model, dataset_from, start_step, job.steps_per_epoch, job.epochs,
+                        callbacks, verbose, guard)
+  wall = time.time() - start
+  if guard.diverged_at is not None:
+    saved = job.checkpointer.paths
+    kept = (f'the last good checkpoint, {saved[-1]}, was kept; rerunning the same command '
+            'resumes from it and would diverge again' if saved else
+            'no checkpoint had been written yet')
+    raise UserError(
+        f'The loss became NaN or infinite at step {guard.diverged_at}; training stopped and '
+        f'{kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
+        'clip on (build_model.mu > 0), use float32 (run.mixed_precision=None), or check the '
+        'data\'s normalisation (load_data.mean / std), then rerun with '
+        '--allow_config_change to continue this run with the new setting, or start afresh in '
+        'another --model_dir.')
+  return _Fit(history, guard, run_monitor, wall)
+
+
+def _training_results(job, start_step, fit):
+  """results.json's figures of a training run: what this fit() measured, or, for a rerun of a
+  finished run (which trains nothing), what its training measured."""
+  step = job.checkpointer.step
+  results = {'method': job.model.method, 'dataset': job.data.name, 'epochs': job.epochs,
+             'batch_size': job.global_batch_size, 'steps': job.steps_per_epoch * job.epochs,
+             'replicas': job.strategy.num_replicas_in_sync}
+  previous = _read_results(job) if step == start_step else {}
+  if previous.get('final_step') == step:
+    # Not a stop on its last step either: that run is finished now.
+    results = {**{k: v for k, v in previous.items() if k != 'preempted'}, **results}
   else:
-    with strategy.scope():
-      checkpointer.restore_latest(required=True)
-    step = checkpointer.step
-    previous = _read_results(model_dir)
-    if checkpointer.damaged:
-      note = (', '.join(os.path.basename(p) for p, _ in checkpointer.damaged) +
-              f' unreadable; {mode} used the newest readable checkpoint, of step {step}')
-      logging.warning('%s', note)
-      previous[f'{mode}_note'] = note
-    if mode == 'export':
-      exported = export_lib.exported_step(os.path.join(model_dir, 'export'))
-      if exported is not None and exported > step:
-        raise UserError(f'{model_dir}/export holds the encoder of step {exported}, newer than '
-                        f'the newest readable checkpoint (step {step}); it was not replaced. '
-                        'Fix: restore the newer checkpoint files, or export elsewhere.')
-    evaluated = previous.get('eval_step', previous.get('final_step'))
-    if mode == 'eval' and evaluated is not None and evaluated != step:
-      logging.warning('Replacing the evaluation of step %s in results.json with that of step %d.',
-                      evaluated, step)
-      previous = {k: v for k, v in previous.items() if k not in EVAL_KEYS}
-    # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
-    # and keep what the training run measured (losses, wall time) beside the new figures.
-    results = {**previous,
-               **{k: v for k, v in results.items() if k not in ('epochs', 'steps')},
-               f'{mode}_checkpoint_step': step}
-    if mode == 'export':
-      export_lib.export_encoder(model.encoder, data.mean, data.std,
-                                os.path.join(model_dir, 'export'), step=step)
+    results.update(resumed_from_step=start_step, final_step=step,
+                   pretrain_wall_time_s=round(fit.wall_s, 1),
+                   images_per_s=round((step - start_step) * job.global_batch_size /
+                                      max(fit.wall_s, 1e-9), 1))
+  history = fit.history.history if fit.history is not None else {}
+  if history.get('loss'):
+    results['final_loss'] = float(history['loss'][-1])
+    for name in ('loss_attract', 'loss_repel', 'probe_loss', 'probe_train_acc'):
+      if history.get(name):
+        results[f'final_{name}'] = float(history[name][-1])
+  ranks = fit.monitor.curves.get('feature_effective_rank')
+  if ranks:
+    results['feature_effective_rank_curve'] = ranks
+  results['curves'] = 'curves.json'
+  if fit.guard.preempted:
+    results['preempted'] = fit.guard.preempted
+    logging.warning('%s: checkpoint saved at step %d; rerun the same command to resume.',
+                    fit.guard.preempted, step)
+  return results
 
-  if mode in ('eval', 'train_and_eval'):
-    results['eval_step'] = checkpointer.step
-    results.update(evaluate_encoders(model.encoder, data, eval_batch_size, eval_train_examples,
-                                     eval_test_examples, baselines, knn, strategy))
-    if offline_linear_eval:
-      start = time.time()
-      results['linear_eval_top1'] = evaluate.offline_linear_eval(model.encoder, data, strategy)
-      results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
-  if mode in ('train', 'train_and_eval'):
-    title = f'{model.method}, {data.name}, batch {global_batch_size}, {epochs} epochs'
-    if 'probe_top1' in results:
-      title += f": linear probe {results['probe_top1']:.2f}%"
-    if plots.plot_run(run_monitor.curves, os.path.join(model_dir, 'training.png'), title):
-      results['plot'] = 'training.png'
-  _write_results(model_dir, results, checkpointer.step, mode)
+
+def _finish_training(job):
+  """The finished run's files: the final weights, the exported encoder, the operative config."""
+  _save_weights(job.model, job.out_dir)
+  export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
+                            step=job.checkpointer.step)
+  files.write(job.out('operative_config.gin'), gin.operative_config_str())
+
+
+def _restored_results(job):
+  """eval / export: the newest readable checkpoint restored (export: written), beside what the
+  training run measured."""
+  mode = job.mode
+  with job.strategy.scope():
+    job.checkpointer.restore_latest(required=True)
+  step = job.checkpointer.step
+  previous = _read_results(job)
+  if job.checkpointer.damaged:
+    note = (', '.join(os.path.basename(p) for p, _ in job.checkpointer.damaged) +
+            f' unreadable; {mode} used the newest readable checkpoint, of step {step}')
+    logging.warning('%s', note)
+    previous[f'{mode}_note'] = note
+  if mode == 'export':
+    exported = export_lib.exported_step(os.path.join(job.model_dir, 'export'))
+    if exported is not None and exported > step:
+      raise UserError(f'{job.model_dir}/export holds the encoder of step {exported}, newer '
+                      f'than the newest readable checkpoint (step {step}); it was not '
+                      'replaced. Fix: restore the newer checkpoint files, or export elsewhere.')
+  evaluated = previous.get('eval_step', previous.get('final_step'))
+  if mode == 'eval' and evaluated is not None and evaluated != step:
+    logging.warning('Replacing the evaluation of step %s in results.json with that of step %d.',
+                    evaluated, step)
+    previous = {k: v for k, v in previous.items() if k not in EVAL_KEYS}
+  # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
+  # and keep what the training run measured (losses, wall time) beside the new figures.
+  results = {**previous, 'method': job.model.method, 'dataset': job.data.name,
+             'batch_size': job.global_batch_size,
+             'replicas': job.strategy.num_replicas_in_sync, f'{mode}_checkpoint_step': step}
+  if mode == 'export':
+    export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
+                              step=step)
   return results
 
 
@@ -484,9 +600,10 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
   return history
 
 
-def _read_results(model_dir):
-  """results.json as a dict; a damaged one is set aside (renamed, never deleted) with a warning."""
-  path = os.path.join(model_dir, 'results.json')
+def _read_results(job):
+  """<model_dir>/results.json as a dict; the chief sets a damaged one aside (renamed, never
+  deleted) with a warning."""
+  path = os.path.join(job.model_dir, 'results.json')
   if not tf.io.gfile.exists(path):
     return {}
   try:
@@ -496,19 +613,21 @@ def _read_results(model_dir):
       return results
   except (ValueError, UnicodeDecodeError):
     pass
-  aside = f'{path}.damaged-{int(time.time())}'
-  tf.io.gfile.rename(path, aside, overwrite=True)
-  logging.warning('%s is not a JSON object (truncated or damaged); set aside as %s.', path, aside)
+  if job.chief:
+    aside = f'{path}.damaged-{int(time.time())}'
+    tf.io.gfile.rename(path, aside, overwrite=True)
+    logging.warning('%s is not a JSON object (truncated or damaged); set aside as %s.', path,
+                    aside)
   return {}
 
 
-def _write_results(model_dir, results, step, mode):
+def _write_results(job, results):
   """results.json (atomically), and the same figures as TensorBoard HParams metrics, so
   `tensorboard --logdir` over many model dirs compares them; the settings (the HParams session)
   are a training run's (an eval's or export's command line may differ in what it ignores)."""
-  _write_json(os.path.join(model_dir, 'results.json'), results)
-  monitor.write_hparams(os.path.join(model_dir, 'tensorboard'), results, step,
-                        session=mode in ('train', 'train_and_eval'))
+  files.write(job.out('results.json'), json.dumps(results, indent=2))
+  monitor.write_hparams(job.out('tensorboard'), results, job.checkpointer.step,
+                        session=job.mode in TRAINING)
 
 
 # Above this many values per image the raw-pixel baseline is skipped: its probe would hold the

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from minc_tf import config
 from minc_tf import model as model_lib
 from minc_tf import optim
 from test_data import write_idx
+from test_strategy import free_ports
 
 STEPS_PER_EPOCH, EPOCHS = 10, 3
 PLANNED = STEPS_PER_EPOCH * EPOCHS
@@ -192,22 +194,23 @@ def assert_bit_identical(a, b, what=''):
 
 @pytest.fixture(scope='module')
 def seeded_runs(tmp_path_factory, learnable_fmnist):
-  """Five uninterrupted seeded runs, three and then two at a time, so that each has other
-  CPU-heavy work beside it, as on a shared machine. Their final training states."""
+  """Three uninterrupted seeded runs side by side, so that each has other CPU-heavy work beside
+  it, as on a shared machine (a second group of two, run until 2026-11-29, is cut for suite
+  time: with the inter-op fix removed this group's run 1 already differed, 167 of 180
+  variables). Their final training states."""
   root = tmp_path_factory.mktemp('seeded')
+  dirs = [str(root / f'run{i}') for i in range(3)]
+  procs = [start_seeded(d, learnable_fmnist) for d in dirs]
   states = []
-  for group in ((0, 1, 2), (3, 4)):
-    dirs = [str(root / f'run{i}') for i in group]
-    procs = [start_seeded(d, learnable_fmnist) for d in dirs]
-    for d, proc in zip(dirs, procs):
-      finish(proc, d)
-      assert checkpoint_steps(d)[-1] == DET_PLANNED
-      states.append(training_state(d))
+  for d, proc in zip(dirs, procs):
+    finish(proc, d)
+    assert checkpoint_steps(d)[-1] == DET_PLANNED
+    states.append(training_state(d))
   return states
 
 
 def test_seeded_runs_are_bit_identical_while_other_work_runs(seeded_runs):
-  assert len(seeded_runs) == 5
+  assert len(seeded_runs) == 3
   # The state compared holds the target network, the summary and the optimizer's slots.
   names = list(seeded_runs[0])
   assert any('target_encoder' in n for n in names) and any('summary' in n for n in names)
@@ -321,3 +324,91 @@ def test_checkpoints_every_so_many_seconds(tmp_path):
   guard = checkpoint.TrainingGuard(ckpt, every_steps=None, every_secs=1e-9)
   m.fit(dataset(batches(count=4)), epochs=1, callbacks=[guard], verbose=0)
   assert checkpoint_steps(str(tmp_path)) == [1, 2, 3, 4]
+
+
+# --- Multi-worker: the real CLI, two processes on localhost -----------------------------------
+def start_workers(model_dir, idx_dir, extra, tmp):
+  """Both workers of a two-worker MultiWorkerMirroredStrategy cluster; worker 0 is the chief.
+  TMPDIR is theirs, to see what the other worker leaves behind."""
+  cluster = {'worker': [f'localhost:{p}' for p in free_ports(2)]}
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp), TF_CONFIG=json.dumps(
+        {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+    procs.append(subprocess.Popen(
+        [sys.executable, '-m', 'minc_tf.main', f'--model_dir={model_dir}',
+         '--strategy=multi_worker', *bindings(idx_dir, extra)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  return procs
+
+
+def finish_workers(procs, timeout=300):
+  outs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0 and 'Traceback' not in out, out[-3000:]
+  return outs
+
+
+def saves(out):
+  """(directory, step) of each checkpoint a worker saved, from its log."""
+  return [(os.path.dirname(os.path.dirname(path)), int(step))
+          for path, step in re.findall(r'Saved checkpoint (\S*ckpt-(\d+))', out)]
+
+
+def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
+    tmp_path, learnable_fmnist):
+  """`--strategy=multi_worker` in two processes: a SIGTERM to the non-chief worker makes both
+  save the same step and exit 0; the rerun ends at the planned step; `--mode=eval` reads the
+  checkpoint. Only the chief writes the model dir; the other worker's saves go to a private
+  directory it removes."""
+  model_dir, tmp = tmp_path / 'run', tmp_path / 'tmp'
+  tmp.mkdir()
+  two_epochs = [f'--gin_bindings=run.epochs={EPOCHS - 1}']  # its own plan: 20 steps
+  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp)
+  deadline = time.time() + 240
+  while not [s for s in checkpoint_steps(model_dir) if s >= 4]:
+    assert time.time() < deadline and all(p.poll() is None for p in procs), [
+        p.communicate()[0].decode()[-2000:] for p in procs if p.poll() is not None]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = finish_workers(procs)
+  stopped = checkpoint_steps(model_dir)[-1]
+  assert stopped < 2 * STEPS_PER_EPOCH
+  # Each worker's last save is of the step the chief's newest checkpoint holds; the chief's
+  # saves went to the model dir, the other worker's elsewhere.
+  chief, other = saves(outs[0]), saves(outs[1])
+  assert chief and len(chief) == len(other), (chief, other)
+  assert chief[-1] == (str(model_dir), stopped), chief
+  assert other[-1][1] == stopped and all(d != str(model_dir) for d, _ in other), other
+  results = json.load(open(model_dir / 'results.json'))
+  assert results['preempted'] == 'SIGTERM on another worker' and results['final_step'] == stopped
+  assert results['replicas'] == 2
+  assert not os.listdir(tmp), os.listdir(tmp)  # the non-chief's directory is gone
+
+  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp)
+  finish_workers(procs)
+  results = json.load(open(model_dir / 'results.json'))
+  assert results['final_step'] == 2 * STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
+  assert 'preempted' not in results
+  with open(model_dir / 'export' / 'export_info.json') as f:
+    assert json.load(f)['step'] == 2 * STEPS_PER_EPOCH
+  assert sorted(os.listdir(model_dir)) == sorted([
+      'checkpoints', 'checkpoint.weights.h5', 'config.gin', 'curves.json', 'export',
+      'operative_config.gin', 'results.json', 'run_identity.json', 'tensorboard',
+      'training.png'])
+  assert not os.listdir(tmp), os.listdir(tmp)
+
+  # Evaluated by both workers (features extracted on both replicas), as one process does.
+  evaluation = two_epochs + ['--mode=eval', '--gin_bindings=run.eval_train_examples=256',
+                             '--gin_bindings=run.eval_test_examples=128',
+                             '--gin_bindings=run.baselines=False']
+  finish_workers(start_workers(model_dir, learnable_fmnist, evaluation, tmp))
+  results = json.load(open(model_dir / 'results.json'))
+  assert results['eval_step'] == 2 * STEPS_PER_EPOCH and results['replicas'] == 2
+  assert not os.listdir(tmp), os.listdir(tmp)
+  code, out = run_cli(model_dir, learnable_fmnist, evaluation)
+  assert code == 0, out[-3000:]
+  single = json.load(open(model_dir / 'results.json'))
+  assert single['replicas'] == 1
+  for name in ('probe_top1', 'knn_top1', 'feature_effective_rank'):
+    assert results[name] == pytest.approx(single[name], rel=1e-4), name

@@ -109,13 +109,14 @@ def test_seed_makes_the_pipeline_reproducible(fake_fmnist):
 
 def test_resumed_distributed_input_continues_the_uninterrupted_stream(fake_fmnist, mirrored):
   """MirroredStrategy over 2 logical CPUs, one input pipeline feeding both replicas: the batches
-  a run resumed at step 3 sees are those of steps 3, 4 of an uninterrupted run, per replica
-  (skipping 3 per-replica batches instead of 3 steps' worth gave step 1.5's data)."""
+  a run resumed at step 6 (mid-epoch 1 of 64-example epochs) sees are those of steps 6-10 of an
+  uninterrupted run, per replica, across the next epoch boundary (skipping 6 per-replica
+  batches instead of 6 steps' worth gave step 3's data)."""
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
 
   def steps(start, count):
     dist = mirrored.distribute_datasets_from_function(
-        lambda ctx: d.pretrain_dataset(ctx.get_per_replica_batch_size(8), ctx, seed=5,
+        lambda ctx: d.pretrain_dataset(ctx.get_per_replica_batch_size(16), ctx, seed=5,
                                        start_step=start, ordered=True))
     out, it = [], iter(dist)
     for _ in range(count):
@@ -124,12 +125,42 @@ def test_resumed_distributed_input_continues_the_uninterrupted_stream(fake_fmnis
                   for t in (v1, y)])
     return out
 
-  uninterrupted = steps(0, 5)
-  resumed = steps(3, 2)
-  for (v, y), (v_ref, y_ref) in zip(resumed, uninterrupted[3:]):
+  uninterrupted = steps(0, 11)
+  resumed = steps(6, 5)
+  for (v, y), (v_ref, y_ref) in zip(resumed, uninterrupted[6:], strict=True):
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(v, v_ref)
-  assert not np.array_equal(uninterrupted[3][0], uninterrupted[4][0])
+  # Every epoch (4 steps of 16) is the whole training set, in an order of its own.
+  labels = [np.concatenate([y for _, y in uninterrupted[e * 4:(e + 1) * 4]]) for e in (0, 1)]
+  for epoch_labels in labels:
+    np.testing.assert_array_equal(np.sort(epoch_labels), np.sort(d.arrays('train')[1]))
+  assert not np.array_equal(labels[0], labels[1])
+  assert not np.array_equal(uninterrupted[6][0], uninterrupted[7][0])
+
+
+def test_resuming_late_in_a_run_reads_at_most_one_epoch(fake_fmnist, monkeypatch):
+  """A run resumed at step 100 (epoch 12 of 64 examples at batch 8) reads the examples of its
+  own epoch only: skipping from step 0 read 800 examples before its first batch (late in an
+  ImageNet run, terabytes), and gives the stream a run resumed one step earlier continues."""
+  d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
+  reads = []
+  examples = d._examples
+
+  def counted(*args, **kwargs):
+    def count(label):
+      reads.append(1)
+      return label
+    return examples(*args, **kwargs).map(
+        lambda image, label: (image, tf.ensure_shape(
+            tf.numpy_function(count, [label], label.dtype, stateful=True), [])))
+
+  monkeypatch.setattr(d, '_examples', counted)
+  late = iter(d.pretrain_dataset(8, seed=5, start_step=100, ordered=True))
+  first = next(late)
+  assert 0 < len(reads) <= 64 + 8 * 8, len(reads)  # its epoch, and what prefetching takes
+  earlier = iter(d.pretrain_dataset(8, seed=5, start_step=99, ordered=True))
+  next(earlier)
+  np.testing.assert_array_equal(next(earlier)[0][0].numpy(), first[0][0].numpy())
 
 
 def _image_folder(tmp_path):

@@ -34,7 +34,7 @@ def test_tpu_without_name_and_unknown_strategy_are_clear_errors():
     strategy_lib.get_strategy('horovod')
 
 
-def _free_ports(n):
+def free_ports(n):
   socks = [socket.socket() for _ in range(n)]
   for s in socks:
     s.bind(('localhost', 0))
@@ -49,7 +49,7 @@ def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path)
   env = {k: v for k, v in os.environ.items() if k != 'TF_CONFIG'}
   subprocess.run([sys.executable, job, str(tmp_path / 'single.npz')], check=True, env=env,
                  timeout=300)
-  cluster = {'worker': [f'localhost:{p}' for p in _free_ports(2)]}
+  cluster = {'worker': [f'localhost:{p}' for p in free_ports(2)]}
   procs = []
   for i in range(2):
     wenv = dict(env, TF_CONFIG=json.dumps({'cluster': cluster,
