@@ -9,16 +9,14 @@ the last K. It works on local disks and gs:// alike, under every strategy.
 Under MultiWorkerMirroredStrategy every worker takes part in every save (reading the Keras
 metrics' on-read variables is a collective), but only the chief's files are kept: the others
 save into a private directory of their own (`save_directory`) and restore from the chief's.
-A SIGTERM (or Ctrl-C) on any one worker is agreed on through Google's
-PreemptionCheckpointHandler, so that every worker saves at the same step and stops.
+A SIGTERM (or Ctrl-C) on any one worker is shared with all of them at the next batch end
+(ClusterSignal), so that every worker saves the same step and stops.
 """
 
 import contextlib
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 
 from absl import logging
@@ -188,36 +186,34 @@ def in_cluster(strategy):
           resolver is not None and bool(resolver.cluster_spec().jobs))
 
 
-class ClusterPreemption:
-  """Every worker saves at the same step when any one of them is told to stop.
+class ClusterSignal:
+  """Whether any worker of a multi-worker run has been signalled, agreed on by all of them.
 
-  Google's PreemptionCheckpointHandler does the agreeing: a worker that gets SIGTERM posts its
-  step to the cluster's coordination service, every worker reads it and, on reaching it, calls
-  `save` and then `stop` (our checkpoint and our way of stopping fit(), instead of its own
-  manager and exit). `check()` must run on every worker at the same points (each batch end).
-  On platforms where the handler watches no signal (GCE CPU and TPU VMs, where it is a no-op;
-  GCE GPU VMs, where it polls the metadata server for maintenance events) `notify` is None.
+  `agree(signum)` is a collective: every worker calls it at the same points (each batch end),
+  with the signal it received (None: none), and all get the same answer (SIGTERM if any worker
+  got one, else SIGINT if any did, else None), so they all save the same step and stop
+  together, whichever worker was told. One small all-reduce per call, on every platform
+  (TensorFlow's PreemptionCheckpointHandler, which agrees through the coordination service,
+  watches no signal on GCE VMs, and its keys serve one preemption per process).
   """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)  # in order of precedence
 
-  def __init__(self, strategy, save, stop):
-    # The handler's own checkpoint dir (never written: `save` is ours); a non-chief worker's
-    # handler makes a sibling of it, so both lie inside this directory, removed by close().
-    self._dir = tempfile.mkdtemp(prefix='minc_tf_preemption_')
-    before = signal.getsignal(signal.SIGTERM)
-    self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-        strategy.cluster_resolver, tf.train.Checkpoint(), os.path.join(self._dir, 'unused'),
-        tf.distribute.experimental.TerminationConfig(save_fn=save, exit_fn=stop))
-    installed = signal.getsignal(signal.SIGTERM)
-    self.notify = installed if installed is not before else None  # (signum, frame) -> None
+  def __init__(self, strategy):
+    self._strategy = strategy
 
-  def check(self):
-    self._handler.save_checkpoint_if_preempted()
+    @tf.function
+    def agree(received):
+      # tf.identity places the value on the replica's device (an argument has none, and a
+      # reduction needs one to reduce to).
+      return strategy.run(lambda r: tf.distribute.get_replica_context().all_reduce(
+          tf.distribute.ReduceOp.SUM, tf.identity(r)), args=(received,))
 
-  def close(self):
-    # Stops the handler's thread that waits on the coordination service (its finaliser does,
-    # and a thread holding the handler keeps that from running by itself).
-    self._handler.__del__()
-    shutil.rmtree(self._dir, ignore_errors=True)
+    self._agree = agree
+
+  def agree(self, signum):
+    received = tf.constant([float(signum == s) for s in self.SIGNALS])
+    counts = self._strategy.experimental_local_results(self._agree(received))[0].numpy()
+    return next((s for s, n in zip(self.SIGNALS, counts) if n > 0), None)
 
 
 class TrainingGuard(keras.callbacks.Callback):
@@ -229,7 +225,7 @@ class TrainingGuard(keras.callbacks.Callback):
   step. On SIGTERM (preemption) or SIGINT (Ctrl-C) it saves at the end of the current step and
   stops; `preempted` then names the signal. A second Ctrl-C interrupts at once. With a
   multi-worker `strategy`, a signal on one worker makes every worker save the same step and
-  stop (ClusterPreemption); `every_secs` must then be None (each worker has its own clock).
+  stop (ClusterSignal); `every_secs` must then be None (each worker has its own clock).
   """
 
   def __init__(self, checkpointer, every_steps=1000, every_secs=None, strategy=None):
@@ -244,8 +240,7 @@ class TrainingGuard(keras.callbacks.Callback):
     self.diverged_at = None
     self._previous_handlers = {}
     self._held = False
-    self._strategy = strategy
-    self._cluster = None
+    self._cluster = ClusterSignal(strategy) if in_cluster(strategy) else None
 
   @contextlib.contextmanager
   def catching_signals(self):
@@ -260,20 +255,9 @@ class TrainingGuard(keras.callbacks.Callback):
       self._restore()
 
   def _install(self):
-    if self._previous_handlers or self._cluster is not None:
+    if self._previous_handlers:
       return
-    signals = (signal.SIGTERM, signal.SIGINT)
-    if in_cluster(self._strategy):
-      before = signal.getsignal(signal.SIGTERM)
-      self._cluster = ClusterPreemption(self._strategy, save=self._save,
-                                        stop=self._stop_with_cluster)
-      if self._cluster.notify is not None:
-        self._previous_handlers[signal.SIGTERM] = before  # the handler's own takes SIGTERM
-        signals = (signal.SIGINT,)
-      else:
-        logging.warning('Multi-worker run on a platform where PreemptionCheckpointHandler '
-                        'watches no signal: a SIGTERM or Ctrl-C must reach every worker.')
-    for sig in signals:
+    for sig in (signal.SIGTERM, signal.SIGINT):
       try:
         self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
       except ValueError:  # not the main thread: no handler, periodic checkpoints still run.
@@ -283,22 +267,12 @@ class TrainingGuard(keras.callbacks.Callback):
     for sig, handler in self._previous_handlers.items():
       signal.signal(sig, handler)
     self._previous_handlers = {}
-    if self._cluster is not None:
-      self._cluster.close()
-      self._cluster = None
 
   def _on_signal(self, signum, frame):
+    del frame
     if self._signal == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the step
     self._signal = signum
-    if self._cluster is not None and self._cluster.notify is not None:
-      self._cluster.notify(signum, frame)  # Ctrl-C as a preemption notice to the cluster
-
-  def _stop_with_cluster(self):
-    """ClusterPreemption's stop: every worker has saved this step."""
-    self.preempted = (signal.Signals(self._signal).name if self._signal is not None else
-                      'SIGTERM on another worker')
-    self.model.stop_training = True
 
   def _save(self):
     self._ckpt.save()
@@ -318,13 +292,13 @@ class TrainingGuard(keras.callbacks.Callback):
       self.model.stop_training = True
       return
     step = self._ckpt.step
-    if self._cluster is not None:
-      self._cluster.check()  # may save and stop, on every worker at once
-      if self.preempted:
-        return
-    if self._signal is not None and (self._cluster is None or self._cluster.notify is None):
+    signum = self._signal
+    if self._cluster is not None:  # every worker learns of a signal to any one of them
+      signum = self._cluster.agree(self._signal)
+    if signum is not None:
       self._save()
-      self.preempted = signal.Signals(self._signal).name
+      self.preempted = signal.Signals(signum).name + (
+          '' if self._signal is not None else ' on another worker')
       self.model.stop_training = True
       return
     if ((self._every and step - self._last_saved >= self._every) or

@@ -120,13 +120,13 @@ class ImageData:
   # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
 
   def _examples(self, split, input_context=None, shuffle=False, seed=None):
-    """This input pipeline's share of `split`. shuffle: in-memory sources shuffled whole, anew
-    each iteration; TFDS files in one order fixed by the seed (pretrain_dataset shuffles the
-    examples of each epoch itself)."""
+    """This input pipeline's share of `split`, (image or encoded bytes, label). shuffle: TFDS
+    files in one order fixed by the seed (pretrain_dataset shuffles each epoch's examples
+    itself); in-memory and folder sources shuffled whole, anew each iteration."""
     if self._builder is not None:
       import tensorflow_datasets as tfds
-      # Per-host file sharding: each input pipeline reads only its own files. The file order
-      # is the same every epoch, so that epoch e's stream is a function of (seed, e) alone.
+      # Per-host file sharding: each input pipeline reads only its own files. Their order is
+      # the same every epoch, so that epoch e's stream is a function of (seed, e) alone.
       read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
                                     shuffle_reshuffle_each_iteration=False,
                                     try_autocache=False)
@@ -135,16 +135,79 @@ class ImageData:
                                     decoders={'image': tfds.decode.SkipDecoding()})
       # Encoded bytes are cached (when they fit in memory), never decoded or augmented images.
       return ds.cache() if self._cache else ds
-    images, labels = (self._arrays or self._files)[split]
+    images, labels = self._shard(split, input_context)
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-      ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if self._files is not None:
       ds = ds.map(lambda path, label: (tf.io.read_file(path), label),
                   num_parallel_calls=tf.data.AUTOTUNE)
       if self._cache:  # before the shuffle, so every epoch is shuffled anew
         ds = ds.cache()
     return ds.shuffle(len(labels), seed=seed) if shuffle else ds
+
+  def _shard(self, split, input_context):
+    """(images or paths, labels) of this input pipeline's share of an in-memory or folder
+    source: every num_input_pipelines-th example."""
+    images, labels = (self._arrays or self._files)[split]
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      step, first = input_context.num_input_pipelines, input_context.input_pipeline_id
+      images, labels = images[first::step], labels[first::step]
+    return images, labels
+
+  def _epoch_size(self, split, input_context):
+    """Examples per epoch in this input pipeline (None: unknown). TFDS gives each pipeline
+    every num_input_pipelines-th file of the split (tfds.ReadConfig(input_context))."""
+    if self._builder is None:
+      return len(self._shard(split, input_context)[1])
+    try:
+      instructions = list(self._builder.info.splits[split].file_instructions)
+    except Exception:  # pylint: disable=broad-except  (mocked or unusual builders)
+      return None
+    if input_context is not None:
+      instructions = instructions[input_context.input_pipeline_id::
+                                  input_context.num_input_pipelines]
+    return sum(int(f.take) for f in instructions) or None
+
+  def _epochs(self, split, input_context, seed, window):
+    """epoch(key) -> one epoch of this pipeline's examples, in an order that is a stateless
+    function of `key` (independent of TensorFlow's global seed): a permutation of the whole
+    shard for in-memory and folder sources (indices shuffled, then read; a cached folder's bytes
+    permuted whole), and for TFDS (files read in sequence, in the seed's order) a permutation
+    within each run of `window` examples."""
+    if self._builder is None and not (self._files is not None and self._cache):
+      images, labels = self._shard(split, input_context)
+      n = len(labels)
+      images, labels = tf.constant(images), tf.constant(labels)
+      read = tf.io.read_file if self._files is not None else tf.identity
+
+      def epoch(key):
+        order_key = tf.random.experimental.stateless_fold_in(key, -1)
+
+        def example(i):
+          j = tf.random.experimental.index_shuffle(i, order_key, n - 1)
+          return read(tf.gather(images, j)), tf.gather(labels, j)
+
+        return tf.data.Dataset.range(n).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+      return epoch
+
+    if self._builder is None:  # cached folder: in memory anyway, so permuted whole
+      window = len(self._shard(split, input_context)[1])
+    blocks = self._examples(split, input_context, shuffle=self._builder is not None,
+                            seed=seed).batch(window)
+
+    def epoch(key):
+      block_key = tf.random.experimental.stateless_fold_in(key, -2)
+
+      def permuted(w, block):
+        n = tf.shape(block[1], out_type=tf.int64)[0]
+        order = tf.random.experimental.index_shuffle(
+            tf.range(n), tf.random.experimental.stateless_fold_in(block_key, w), n - 1)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+
+      return blocks.enumerate().flat_map(permuted)
+
+    return epoch
 
   @property
   def encoded(self):
@@ -179,10 +242,12 @@ class ImageData:
                        shuffle_buffer=None, start_step=0, crops_only=False, ordered=None):
     """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
 
-    shuffle_buffer: examples shuffled after file-level shuffling (default 10 x batch_size) for
-      file-backed sources; in-memory sources are shuffled whole.
-    seed: makes the order and every augmentation reproducible (each example's views come from
-      the stateless seed (seed, pipeline, example index)); None draws a fresh seed.
+    shuffle_buffer: TFDS sources: each epoch's examples are permuted within runs of this many
+      (default 10 x batch_size), after the seeded file order; in-memory and folder sources are
+      permuted whole.
+    seed: makes the order and every augmentation reproducible (each epoch's order, and each
+      example's views, come from stateless seeds of (seed, pipeline, epoch[, position]));
+      None draws a fresh seed.
     start_step: training steps to skip before the first batch (each step took one batch per
       replica this pipeline feeds), so that a run resumed at that step with the same seed sees
       exactly the data of an uninterrupted run. Each epoch's order and views are functions of
@@ -215,29 +280,24 @@ class ImageData:
       v2.set_shape(self.image_shape)
       return (v1, v2), label
 
-    if self._builder is None:  # in memory: shuffled whole, per epoch below
-      examples = self._examples(self.train_split, input_context)
-      buffer = len((self._arrays or self._files)[self.train_split][1])
-    else:  # files in an order of their own; file shuffling alone leaves neighbours together.
-      examples = self._examples(self.train_split, input_context, shuffle=True, seed=seed)
-      buffer = shuffle_buffer or 10 * batch_size
     # Each step this pipeline feeds every replica it serves one batch: a resumed run skips
     # what it consumed, which is not start_step batches on a multi-replica host.
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                      if input_context is not None else 1)
     consumed = start_step * replicas_here * batch_size
-    per_epoch = int(examples.cardinality())
-    if per_epoch > 0:
+    per_epoch = self._epoch_size(self.train_split, input_context)
+    if per_epoch:
       first_epoch, offset = divmod(consumed, per_epoch)
     else:  # an unknown epoch size: skip from the start (reads every example since step 0)
       first_epoch, offset = 0, consumed
       if consumed:
         logging.warning('The size of an epoch of %s is unknown: resuming reads and discards '
                         '%d examples.', self.name, consumed)
+    epoch_of = self._epochs(self.train_split, input_context, seed,
+                            window=shuffle_buffer or 10 * batch_size)
 
     def epoch_stream(epoch):
-      order = examples.shuffle(buffer, seed=tf.constant(seed, tf.int64) * 1000003 + epoch,
-                               reshuffle_each_iteration=False)
+      order = epoch_of(tf.random.experimental.stateless_fold_in(base, epoch))
       return order.enumerate().map(lambda index, example: (epoch, index, example))
 
     ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_stream).skip(offset)

@@ -97,20 +97,22 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   command resumes it. allow_config_change: main's flag, for every variant's train.run."""
   from minc_tf import config
   from minc_tf import train
+  chief = strategy.extended.should_checkpoint  # a multi-worker study's other workers write nothing
   if name == 'variance':
     rows = _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes,
                            pretrain_steps, num_batches)
-    _write_variance(model_dir, rows, table_path)
+    if chief:
+      _write_variance(model_dir, rows, table_path)
     return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']}",
              'probe_top1': r['noise_to_signal']} for r in rows]
   if variants is None:
     variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
   variants = {label: list(b) for label, b in variants.items()}
   operative = gin.config_str()
-  # The HParams dashboard over <model_dir> shows the settings the variants change.
-  monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
-                                                  for bindings in variants.values()
-                                                  for b in bindings}))
+  if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
+    monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
+                                                    for bindings in variants.values()
+                                                    for b in bindings}))
   rows = []
   for i, (label, bindings) in enumerate(variants.items()):
     gin.clear_config()
@@ -126,7 +128,8 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
       break
     result.update(variant=label, bindings=bindings, total_wall_time_s=round(time.time() - start, 1))
     rows.append(result)
-    _write(model_dir, name, rows, table_path, operative)
+    if chief:
+      _write(model_dir, name, rows, table_path, operative)
   return rows
 
 

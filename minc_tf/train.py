@@ -284,8 +284,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
 
   Phases: checks, set-up (data, model, optimizer, the run's identity), then for training
   resume + fit + finish (weights, export), else the newest checkpoint; then evaluation and
-  results. Every worker runs every phase (collectives must match); only the chief's files
-  stay (_Job.out_dir).
+  results. Every worker of a multi-worker run runs every phase (saves and feature extraction
+  are collectives); each phase reads model_dir and writes only through job.out(), which is
+  model_dir on the chief and a private temporary directory on the other workers.
   """
   if mode not in MODES:
     raise UserError(f'Unknown --mode {mode!r}; choose one of {", ".join(MODES)}.')
@@ -402,11 +403,16 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
       mixed_precision=mixed_precision or 'float32')
   record_identity = _check_identity(model_dir, mode, allow_config_change, identity)
   out_dir = _worker_dir(strategy, model_dir)
-  with strategy.scope():  # the data seed is then the chief's on every worker
-    checkpointer = checkpoint.Checkpointer(
-        model, os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints,
-        save_directory=os.path.join(out_dir, 'checkpoints'))
-    checkpointer.build_optimizer()
+  try:
+    with strategy.scope():  # the data seed is then the chief's on every worker
+      checkpointer = checkpoint.Checkpointer(
+          model, os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints,
+          save_directory=os.path.join(out_dir, 'checkpoints'))
+      checkpointer.build_optimizer()
+  except BaseException:
+    if out_dir != model_dir:
+      tf.io.gfile.rmtree(out_dir)
+    raise
   return _Job(mode, model_dir, out_dir, strategy, data, model, checkpointer, global_batch_size,
               epochs, steps_per_epoch, identity, record_identity)
 
@@ -611,6 +617,8 @@ def _read_results(job):
       results = json.loads(f.read())
     if isinstance(results, dict):
       return results
+  except tf.errors.NotFoundError:  # set aside by the chief meanwhile
+    return {}
   except (ValueError, UnicodeDecodeError):
     pass
   if job.chief:

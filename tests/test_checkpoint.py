@@ -327,23 +327,32 @@ def test_checkpoints_every_so_many_seconds(tmp_path):
 
 
 # --- Multi-worker: the real CLI, two processes on localhost -----------------------------------
-def start_workers(model_dir, idx_dir, extra, tmp):
+def start_workers(model_dir, idx_dir, extra, tmp, logs):
   """Both workers of a two-worker MultiWorkerMirroredStrategy cluster; worker 0 is the chief.
-  TMPDIR is theirs, to see what the other worker leaves behind."""
+  TMPDIR is theirs, to see what the other worker leaves behind; their output goes to files
+  (a full pipe would block a worker)."""
   cluster = {'worker': [f'localhost:{p}' for p in free_ports(2)]}
   procs = []
   for i in range(2):
     env = dict(os.environ, PYTHONPATH=REPO, TMPDIR=str(tmp), TF_CONFIG=json.dumps(
         {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
-    procs.append(subprocess.Popen(
-        [sys.executable, '-m', 'minc_tf.main', f'--model_dir={model_dir}',
-         '--strategy=multi_worker', *bindings(idx_dir, extra)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    with open(logs / f'worker{i}.log', 'w') as log:
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'minc_tf.main', f'--model_dir={model_dir}',
+           '--strategy=multi_worker', *bindings(idx_dir, extra)],
+          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
   return procs
 
 
-def finish_workers(procs, timeout=300):
-  outs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
+def finish_workers(procs, logs, timeout=300):
+  deadline = time.time() + timeout
+  for p in procs:
+    try:
+      p.wait(timeout=max(deadline - time.time(), 0.1))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+  outs = [(logs / f'worker{i}.log').read_text() for i in range(len(procs))]
   for p, out in zip(procs, outs):
     assert p.returncode == 0 and 'Traceback' not in out, out[-3000:]
   return outs
@@ -361,17 +370,18 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   save the same step and exit 0; the rerun ends at the planned step; `--mode=eval` reads the
   checkpoint. Only the chief writes the model dir; the other worker's saves go to a private
   directory it removes."""
-  model_dir, tmp = tmp_path / 'run', tmp_path / 'tmp'
+  model_dir, tmp, logs = tmp_path / 'run', tmp_path / 'tmp', tmp_path
   tmp.mkdir()
   two_epochs = [f'--gin_bindings=run.epochs={EPOCHS - 1}']  # its own plan: 20 steps
-  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp)
+  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp, logs)
   deadline = time.time() + 240
   while not [s for s in checkpoint_steps(model_dir) if s >= 4]:
-    assert time.time() < deadline and all(p.poll() is None for p in procs), [
-        p.communicate()[0].decode()[-2000:] for p in procs if p.poll() is not None]
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      finish_workers(procs, logs, timeout=1)  # names the worker that failed
+      pytest.fail('no checkpoint of step 4 or later')
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)
-  outs = finish_workers(procs)
+  outs = finish_workers(procs, logs)
   stopped = checkpoint_steps(model_dir)[-1]
   assert stopped < 2 * STEPS_PER_EPOCH
   # Each worker's last save is of the step the chief's newest checkpoint holds; the chief's
@@ -385,8 +395,7 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   assert results['replicas'] == 2
   assert not os.listdir(tmp), os.listdir(tmp)  # the non-chief's directory is gone
 
-  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp)
-  finish_workers(procs)
+  finish_workers(start_workers(model_dir, learnable_fmnist, two_epochs, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
   assert results['final_step'] == 2 * STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
   assert 'preempted' not in results
@@ -402,7 +411,7 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   evaluation = two_epochs + ['--mode=eval', '--gin_bindings=run.eval_train_examples=256',
                              '--gin_bindings=run.eval_test_examples=128',
                              '--gin_bindings=run.baselines=False']
-  finish_workers(start_workers(model_dir, learnable_fmnist, evaluation, tmp))
+  finish_workers(start_workers(model_dir, learnable_fmnist, evaluation, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
   assert results['eval_step'] == 2 * STEPS_PER_EPOCH and results['replicas'] == 2
   assert not os.listdir(tmp), os.listdir(tmp)

@@ -141,26 +141,29 @@ def test_resumed_distributed_input_continues_the_uninterrupted_stream(fake_fmnis
 def test_resuming_late_in_a_run_reads_at_most_one_epoch(fake_fmnist, monkeypatch):
   """A run resumed at step 100 (epoch 12 of 64 examples at batch 8) reads the examples of its
   own epoch only: skipping from step 0 read 800 examples before its first batch (late in an
-  ImageNet run, terabytes), and gives the stream a run resumed one step earlier continues."""
+  ImageNet run, terabytes), and gives the uninterrupted run's batch of step 100."""
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
   reads = []
-  examples = d._examples
+  epochs = d._epochs
 
   def counted(*args, **kwargs):
     def count(label):
       reads.append(1)
       return label
-    return examples(*args, **kwargs).map(
-        lambda image, label: (image, tf.ensure_shape(
-            tf.numpy_function(count, [label], label.dtype, stateful=True), [])))
+    epoch = epochs(*args, **kwargs)
+    return lambda key: epoch(key).map(lambda image, label: (image, tf.ensure_shape(
+        tf.numpy_function(count, [label], label.dtype, stateful=True), [])))
 
-  monkeypatch.setattr(d, '_examples', counted)
+  monkeypatch.setattr(d, '_epochs', counted)
   late = iter(d.pretrain_dataset(8, seed=5, start_step=100, ordered=True))
   first = next(late)
   assert 0 < len(reads) <= 64 + 8 * 8, len(reads)  # its epoch, and what prefetching takes
-  earlier = iter(d.pretrain_dataset(8, seed=5, start_step=99, ordered=True))
-  next(earlier)
-  np.testing.assert_array_equal(next(earlier)[0][0].numpy(), first[0][0].numpy())
+  uninterrupted = iter(d.pretrain_dataset(8, seed=5, ordered=True))
+  for _ in range(100):
+    next(uninterrupted)
+  expected = next(uninterrupted)
+  np.testing.assert_array_equal(first[1].numpy(), expected[1].numpy())
+  np.testing.assert_array_equal(first[0][0].numpy(), expected[0][0].numpy())
 
 
 def _image_folder(tmp_path):
@@ -185,15 +188,76 @@ def test_image_folder_skips_corrupt_file_and_trains(tmp_path):
   assert x.shape == (4, 16, 16, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1]
 
 
-def test_cached_image_folder_reshuffles_every_epoch(tmp_path):
+def _resume_matches(d, batch, steps, resume_at, input_context=None):
+  """Labels and first views of `steps` batches from step 0 and from `resume_at`, compared;
+  returns the uninterrupted labels."""
+  def stream(start, count):
+    it = iter(d.pretrain_dataset(batch, input_context, seed=3, start_step=start, ordered=True))
+    return [(y.numpy(), v1.numpy()) for (v1, _), y in (next(it) for _ in range(count))]
+
+  uninterrupted = stream(0, steps)
+  resumed = stream(resume_at, steps - resume_at)
+  assert len(resumed) > 0
+  for (y, v), (y_ref, v_ref) in zip(resumed, uninterrupted[resume_at:], strict=True):
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(v, v_ref)
+  return np.concatenate([y for y, _ in uninterrupted])
+
+
+@pytest.mark.parametrize('cache', [False, True])
+def test_image_folder_reshuffles_every_epoch_and_resumes_exactly(tmp_path, cache):
+  """16 training images, batch 4: each epoch (4 steps) is all of them in an order of its own,
+  and a run resumed at step 6 (mid-epoch 1) continues the uninterrupted stream into epoch 2.
+  Cached: the encoded files are read once and permuted within runs of shuffle_buffer."""
   root = _image_folder(tmp_path)
   d = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5,
-                         cache=True)
-  epochs = [[int(y) for _, y in d._examples('train', shuffle=True, seed=1).repeat(1)]
-            for _ in range(1)]
-  stream = [int(y) for _, y in d._examples('train', shuffle=True, seed=1).repeat(2)]
-  assert len(stream) == 32 and sorted(stream[:16]) == sorted(stream[16:])
-  assert stream[:16] != stream[16:] and epochs[0] == stream[:16]
+                         cache=cache)
+  labels = _resume_matches(d, 4, 10, 6)
+  epochs = [labels[i * 16:(i + 1) * 16] for i in range(2)]
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), np.sort(d._files['train'][1]))
+  assert not np.array_equal(epochs[0], epochs[1])
+
+
+def _tfds_images(data_dir):
+  """A real TFDS dataset (16 px PNGs of 3 classes, 40 training images in 4 files)."""
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(16, 16, 3)),
+          'label': tfds.features.ClassLabel(num_classes=3)}), supervised_keys=('image', 'label'))
+
+    def _split_generators(self, dl_manager):
+      return {'train': self._generate_examples(40, 0),
+              'validation': self._generate_examples(8, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {'image': rng.integers(0, 256, (16, 16, 3)).astype(np.uint8), 'label': i % 3}
+
+  builder = TinyImages(data_dir=str(data_dir))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=4))
+  return data_lib.ImageData('tiny_images', 16, 3, 3, 40, (0.5,) * 3, (0.25,) * 3,
+                            builder=builder)
+
+
+def test_tfds_source_knows_each_input_pipelines_epoch_and_resumes_exactly(tmp_path):
+  """TFDS gives input pipeline 1 of 2 every other file: its epoch size is counted from the
+  split's file instructions (TFDS reports no cardinality under an InputContext), so a resume
+  starts at its epoch; the resumed stream equals the uninterrupted one across an epoch."""
+  d = _tfds_images(tmp_path)
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=2)
+  read = len(list(d._examples('train', ctx)))
+  assert d._epoch_size('train', ctx) == read and 0 < read < 40
+  assert d._epoch_size('train', None) == 40
+  labels = _resume_matches(d, 4, 12, 7, ctx)  # 5 steps an epoch of 20
+  np.testing.assert_array_equal(np.sort(labels[:read]), np.sort(labels[read:2 * read]))
+  assert not np.array_equal(labels[:read], labels[read:2 * read])
 
 
 def test_image_folder_fail_mode_names_the_file(tmp_path):
