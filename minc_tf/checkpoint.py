@@ -107,6 +107,11 @@ class Checkpointer:
   def paths(self):
     return list(self._manager.checkpoints)
 
+  def newest_step(self):
+    """The step of the newest checkpoint a restore would try first (0: none)."""
+    candidates = self._files_on_disk() if self._reader_only else self._manager.checkpoints
+    return int(re.search(r'ckpt-(\d+)$', candidates[-1]).group(1)) if candidates else 0
+
   def restore(self, path):
     """Restores one checkpoint (every saved object must match); returns its step."""
     self.build_optimizer()
@@ -186,41 +191,64 @@ def in_cluster(strategy):
           resolver is not None and bool(resolver.cluster_spec().jobs))
 
 
+def replica_sum(strategy):
+  """values -> their sum over all replicas of `strategy` (float32 vectors; each worker passes
+  its own, counted once per replica it holds). A collective: every worker must call it."""
+
+  @tf.function
+  def total(values):
+    # tf.identity places the value on the replica's device (an argument has none, and a
+    # reduction needs one to reduce to).
+    return strategy.run(lambda v: tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.identity(v)), args=(values,))
+
+  def call(values):
+    out = total(tf.constant(values, tf.float32))
+    return strategy.experimental_local_results(out)[0].numpy()
+
+  return call
+
+
+def check_same_step(strategy, step, directory):
+  """Stops every worker of a multi-worker run whose workers would restore different steps (a
+  model dir each worker sees differently: local disks instead of shared storage). Before the
+  restore: restoring is itself collective, and different checkpoints break it."""
+  total = replica_sum(strategy)
+  replicas = strategy.num_replicas_in_sync
+  differs = total([step])[0] != replicas * step
+  if total([float(differs)])[0] > 0:
+    raise UserError(f'The workers of this run see different checkpoints in {directory} '
+                    f'(this worker: step {step}); the model dir must be storage every worker '
+                    'reads alike. Fix: pass a --model_dir on gs:// or a shared file system, the '
+                    'same on every worker.')
+
+
 class ClusterSignal:
   """Whether any worker of a multi-worker run has been signalled, agreed on by all of them.
 
   `agree(signum)` is a collective: every worker calls it at the same points (each batch end),
   with the signal it received (None: none), and all get the same answer (SIGTERM if any worker
   got one, else SIGINT if any did, else None), so they all save the same step and stop
-  together, whichever worker was told. One small all-reduce per call, on every platform
+  together, whichever worker was told. One small all-reduce per call, plain tf.distribute
   (TensorFlow's PreemptionCheckpointHandler, which agrees through the coordination service,
-  watches no signal on GCE VMs, and its keys serve one preemption per process).
+  does not watch SIGTERM on GCE VMs, and its keys serve one preemption per process).
   """
   SIGNALS = (signal.SIGTERM, signal.SIGINT)  # in order of precedence
 
   def __init__(self, strategy):
-    self._strategy = strategy
-
-    @tf.function
-    def agree(received):
-      # tf.identity places the value on the replica's device (an argument has none, and a
-      # reduction needs one to reduce to).
-      return strategy.run(lambda r: tf.distribute.get_replica_context().all_reduce(
-          tf.distribute.ReduceOp.SUM, tf.identity(r)), args=(received,))
-
-    self._agree = agree
+    self._total = replica_sum(strategy)
 
   def agree(self, signum):
-    received = tf.constant([float(signum == s) for s in self.SIGNALS])
-    counts = self._strategy.experimental_local_results(self._agree(received))[0].numpy()
+    counts = self._total([float(signum == s) for s in self.SIGNALS])
     return next((s for s, n in zip(self.SIGNALS, counts) if n > 0), None)
 
 
 class TrainingGuard(keras.callbacks.Callback):
   """Periodic checkpoints, a NaN / Inf guard and a SIGTERM / SIGINT handler.
 
-  It saves a checkpoint every `every_steps` steps or `every_secs` seconds, whichever comes
-  first, and at each epoch end, unless the loss has become non-finite: then it stops training
+  It saves a checkpoint once `every_steps` steps or `every_secs` seconds have passed since the
+  last, whichever comes first (checked once per execution of steps_per_execution steps), and at
+  each epoch end, unless the loss has become non-finite: then it stops training
   without saving, so the last good checkpoint stays the newest, and `diverged_at` names the
   step. On SIGTERM (preemption) or SIGINT (Ctrl-C) it saves at the end of the current step and
   stops; `preempted` then names the signal. A second Ctrl-C interrupts at once. With a
@@ -241,6 +269,9 @@ class TrainingGuard(keras.callbacks.Callback):
     self._previous_handlers = {}
     self._held = False
     self._cluster = ClusterSignal(strategy) if in_cluster(strategy) else None
+    if self._cluster is not None and every_secs:
+      raise ValueError('every_secs under a multi-worker strategy: each worker would save at '
+                       'another step (its own clock) and the saves are collective.')
 
   @contextlib.contextmanager
   def catching_signals(self):
@@ -284,21 +315,27 @@ class TrainingGuard(keras.callbacks.Callback):
     self._last_saved_time = time.time()
     self._install()
 
+  def on_epoch_begin(self, epoch, logs=None):
+    # The step is read from the device once an epoch and counted from there: Keras calls
+    # on_train_batch_end once per execution (steps_per_execution steps), with the epoch's
+    # index of its last step, and its logs are the one read of the loss per execution.
+    self._epoch_start = self._ckpt.step
+
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
+    step = self._epoch_start + batch + 1
     watched = [logs[k] for k in ('loss', 'probe_loss') if logs.get(k) is not None]
     if not all(np.isfinite(np.asarray(v, np.float64)).all() for v in watched):
-      self.diverged_at = self._ckpt.step
+      self.diverged_at = step
       self.model.stop_training = True
       return
-    step = self._ckpt.step
     signum = self._signal
     if self._cluster is not None:  # every worker learns of a signal to any one of them
       signum = self._cluster.agree(self._signal)
     if signum is not None:
       self._save()
       self.preempted = signal.Signals(signum).name + (
-          '' if self._signal is not None else ' on another worker')
+          '' if self._signal == signum else ' on another worker')
       self.model.stop_training = True
       return
     if ((self._every and step - self._last_saved >= self._every) or

@@ -168,35 +168,44 @@ class ImageData:
     return sum(int(f.take) for f in instructions) or None
 
   def _epochs(self, split, input_context, seed, window):
-    """epoch(key) -> one epoch of this pipeline's examples, in an order that is a stateless
-    function of `key` (independent of TensorFlow's global seed): a permutation of the whole
-    shard for in-memory and folder sources (indices shuffled, then read; a cached folder's bytes
-    permuted whole), and for TFDS (files read in sequence, in the seed's order) a permutation
-    within each run of `window` examples."""
+    """epoch(key, start) -> (position, example) pairs of one epoch of this pipeline's examples
+    from `start` on, in an order that is a stateless function of `key`: a permutation of the
+    whole shard for in-memory and folder sources (indices shuffled, then read: a resume reads
+    nothing it skips; a cached folder's bytes are permuted whole), and for TFDS (files read in
+    sequence, in the order TFDS's seeded file shuffle gives) a permutation within runs of
+    `window` examples whose boundaries move from epoch to epoch."""
     if self._builder is None and not (self._files is not None and self._cache):
       images, labels = self._shard(split, input_context)
       n = len(labels)
       images, labels = tf.constant(images), tf.constant(labels)
       read = tf.io.read_file if self._files is not None else tf.identity
 
-      def epoch(key):
+      def epoch(key, start):
         order_key = tf.random.experimental.stateless_fold_in(key, -1)
 
         def example(i):
           j = tf.random.experimental.index_shuffle(i, order_key, n - 1)
-          return read(tf.gather(images, j)), tf.gather(labels, j)
+          return i, (read(tf.gather(images, j)), tf.gather(labels, j))
 
-        return tf.data.Dataset.range(n).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        # deterministic: positions key the views, whatever run.seed makes of the rest.
+        return tf.data.Dataset.range(start, n).map(
+            example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
       return epoch
 
-    if self._builder is None:  # cached folder: in memory anyway, so permuted whole
+    cached_folder = self._builder is None
+    if cached_folder:  # in memory anyway, so permuted whole
       window = len(self._shard(split, input_context)[1])
-    blocks = self._examples(split, input_context, shuffle=self._builder is not None,
-                            seed=seed).batch(window)
+    source = self._examples(split, input_context, shuffle=not cached_folder, seed=seed)
 
-    def epoch(key):
+    def epoch(key, start):
       block_key = tf.random.experimental.stateless_fold_in(key, -2)
+      # The first run is shorter by a random amount, so the runs' boundaries (and with them
+      # which examples can share a batch) differ from epoch to epoch.
+      first = (0 if cached_folder else tf.random.stateless_uniform(
+          [], tf.random.experimental.stateless_fold_in(key, -3), 1, window + 1, tf.int64))
+      blocks = source.take(first).batch(window).concatenate(
+          source.skip(first).batch(window)).prefetch(1)
 
       def permuted(w, block):
         n = tf.shape(block[1], out_type=tf.int64)[0]
@@ -205,7 +214,7 @@ class ImageData:
         return tf.data.Dataset.from_tensor_slices(
             tf.nest.map_structure(lambda t: tf.gather(t, order), block))
 
-      return blocks.enumerate().flat_map(permuted)
+      return blocks.enumerate().flat_map(permuted).enumerate().skip(start)
 
     return epoch
 
@@ -286,10 +295,14 @@ class ImageData:
                      if input_context is not None else 1)
     consumed = start_step * replicas_here * batch_size
     per_epoch = self._epoch_size(self.train_split, input_context)
+    if per_epoch == 0:
+      raise UserError(f'Input pipeline {pipeline} of {self.name} has no training examples '
+                      '(more input pipelines than examples or files). Fix: use fewer hosts, '
+                      'or a split with at least one file per host.')
     if per_epoch:
-      first_epoch, offset = divmod(consumed, per_epoch)
+      first_epoch, offset, skip = *divmod(consumed, per_epoch), 0
     else:  # an unknown epoch size: skip from the start (reads every example since step 0)
-      first_epoch, offset = 0, consumed
+      first_epoch, offset, skip = 0, 0, consumed
       if consumed:
         logging.warning('The size of an epoch of %s is unknown: resuming reads and discards '
                         '%d examples.', self.name, consumed)
@@ -297,10 +310,14 @@ class ImageData:
                             window=shuffle_buffer or 10 * batch_size)
 
     def epoch_stream(epoch):
-      order = epoch_of(tf.random.experimental.stateless_fold_in(base, epoch))
-      return order.enumerate().map(lambda index, example: (epoch, index, example))
+      start = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
+      order = epoch_of(tf.random.experimental.stateless_fold_in(base, epoch), start)
+      return order.map(lambda index, example: (epoch, index, example))
 
-    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_stream).skip(offset)
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_stream).skip(skip)
+    # flat_map leaves the cardinality unknown; tf.distribute then handles partial batches
+    # (a cross-worker all-reduce per batch, dynamic batch shapes under steps_per_execution).
+    ds = ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=ordered))

@@ -1,6 +1,7 @@
 """TensorBoard monitoring beyond Keras' own callback: what tells a run is healthy.
 
-Scalars every `every_steps` steps: learning rate, target tau, images/s, and for MINC the
+Scalars every `every_steps` steps (at the first batch end at or after each multiple, when Keras
+runs several steps per call): learning rate, target tau, images/s, and for MINC the
 effective rank and leading eigenvalues of the summary matrix; every `rank_every_steps` steps the
 effective rank of the encoder's features on a fixed batch of evaluation images (collapse shows
 as a falling rank); at the start, a few augmented view pairs as images and the operative gin
@@ -22,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
+from minc_tf import evaluate
 from minc_tf import files
 from minc_tf import model as model_lib
 
@@ -81,6 +83,32 @@ class TensorBoard(keras.callbacks.TensorBoard):
     super().on_train_begin(logs)
     self._global_train_batch = int(self.model.optimizer.iterations.numpy())
 
+  def on_epoch_begin(self, epoch, logs=None):
+    super().on_epoch_begin(epoch, logs)
+    self._epoch_start = int(self.model.optimizer.iterations.numpy())
+
+  def on_train_batch_begin(self, batch, logs=None):
+    # Keras counts calls, one per execution of steps_per_execution steps: set the count so that
+    # its increment lands on the step this execution ends at.
+    self._global_train_batch = self._epoch_start + batch + self._steps_per_call() - 1
+    super().on_train_batch_begin(batch, logs)
+
+  def _steps_per_call(self):
+    return int(getattr(self.model, 'steps_per_execution', 1) or 1)
+
+  def _push_writer(self, writer, step):
+    """Keras records at steps divisible by update_freq; an execution of several steps records
+    when it crosses such a step (with steps_per_execution 7 and update_freq 10, steps 7, 14,
+    21, 28 would never be divisible: it records at 14 and 21)."""
+    if self.update_freq == 'epoch':
+      return
+    every, calls = self.update_freq, self._steps_per_call()
+    context = (writer.as_default(step),
+               self.summary.record_if(lambda: step // every > (step - calls) // every))
+    self._prev_summary_state.append(context)
+    context[0].__enter__()
+    context[1].__enter__()
+
   def on_epoch_end(self, epoch, logs=None):
     with tf.summary.record_if(True):
       super().on_epoch_end(epoch, logs)
@@ -95,11 +123,16 @@ class Monitor(keras.callbacks.Callback):
 
   def __init__(self, log_dir, global_batch_size, every_steps=100, view_pairs=None,
                config_text=None, histograms=True, num_eigenvalues=8, rank_images=None,
-               rank_every_steps=None, curves_path=None):
+               rank_every_steps=None, curves_path=None, curves_from=None):
     super().__init__()
     self._rank_images = rank_images
     self._rank_every = rank_every_steps
     self._curves_path = curves_path
+    # Where earlier runs' curves are read: curves_path, or the chief's file on a multi-worker
+    # run's other workers, so that every worker decides alike (the feature rank at the start
+    # is a collective).
+    self._curves_from = curves_from or curves_path
+    self._loaded = False
     self.curves = {}  # name -> [[step, value], ...]
     self._writer = tf.summary.create_file_writer(os.path.join(log_dir, 'monitor'))
     self._batch = global_batch_size
@@ -109,9 +142,16 @@ class Monitor(keras.callbacks.Callback):
     self._histograms = histograms
     self._num_eig = num_eigenvalues
     self._last = None
+    self._last_batch_step = 0
 
   def _step(self):
     return int(self.model.optimizer.iterations.numpy())
+
+  @staticmethod
+  def _crossed(step, last, every):
+    """Whether the steps after `last` up to `step` include a multiple of `every`: a cadence
+    that works when callbacks see only every steps_per_execution-th step."""
+    return bool(every) and step // every > last // every
 
   def _record(self, name, step, value):
     value = _scalar(value)
@@ -120,9 +160,9 @@ class Monitor(keras.callbacks.Callback):
 
   def _load_curves(self, step):
     """The curves of earlier runs in this model dir, up to the step this run resumes from."""
-    if not self._curves_path or not tf.io.gfile.exists(self._curves_path):
+    if not self._curves_from or not tf.io.gfile.exists(self._curves_from):
       return {}
-    with tf.io.gfile.GFile(self._curves_path) as f:
+    with tf.io.gfile.GFile(self._curves_from) as f:
       old = json.load(f)
     return {k: [p for p in v if p[0] <= step] for k, v in old.items()}
 
@@ -134,13 +174,20 @@ class Monitor(keras.callbacks.Callback):
   def _feature_rank(self, step):
     if self._rank_images is None:
       return
-    feats = [np.asarray(self.model.encoder(self._rank_images[i:i + 256], training=False))
-             for i in range(0, len(self._rank_images), 256)]
-    self._record('feature_effective_rank', step, feature_effective_rank(np.concatenate(feats)))
+    # On the strategy's replicas (a TPU's cores, every worker of a multi-worker run), as the
+    # evaluation extracts its features, not eagerly on the host.
+    images = self._rank_images
+    batch = min(256, len(images)) // self.model.distribute_strategy.num_replicas_in_sync * (
+        self.model.distribute_strategy.num_replicas_in_sync)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64)))
+    feats, _ = evaluate.extract_features(self.model.encoder, ds.batch(max(batch, 1)),
+                                         self.model.distribute_strategy)
+    self._record('feature_effective_rank', step, feature_effective_rank(feats))
 
   def on_train_begin(self, logs=None):
     step = self._step()
-    self.curves = self._load_curves(step)
+    if not self._loaded:  # once: a resumed run's second fit() keeps what the first had
+      self.curves, self._loaded = self._load_curves(step), True
     with writing(self._writer, step):
       if not self.curves.get('feature_effective_rank'):
         self._feature_rank(step)
@@ -154,13 +201,18 @@ class Monitor(keras.callbacks.Callback):
         tf.summary.image('view_pairs', (pairs - lo) / np.maximum(hi - lo, 1e-6), max_outputs=8)
     self._writer.flush()
     self._last = (time.time(), step)
+    self._last_batch_step = step
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start = self._step()  # read once an epoch, counted from there (see guard)
 
   def on_train_batch_end(self, batch, logs=None):
-    step = self._step()
-    if self._rank_every and step % self._rank_every == 0:
+    step = self._epoch_start + batch + 1
+    last, self._last_batch_step = self._last_batch_step, step
+    if self._crossed(step, last, self._rank_every):
       with writing(self._writer, step):
         self._feature_rank(step)
-    if step % self._every:
+    if not self._crossed(step, last, self._every):
       return
     model = self.model
     now = time.time()

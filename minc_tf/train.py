@@ -383,6 +383,16 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
                     f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
+  if steps_per_epoch % steps_per_execution:
+    # Keras runs whole executions: the epoch would overrun its planned steps.
+    below = max(d for d in range(1, steps_per_execution) if steps_per_epoch % d == 0)
+    above = [d for d in range(steps_per_execution + 1, steps_per_epoch + 1)
+             if steps_per_epoch % d == 0][:1]
+    raise UserError(f'run.steps_per_execution = {steps_per_execution} does not divide the '
+                    f'{steps_per_epoch} steps of an epoch (Keras would run whole executions '
+                    'past the epoch\'s end). Fix: bind run.steps_per_execution to a divisor '
+                    f'of {steps_per_epoch} (e.g. {" or ".join(map(str, [below] + above))}), or '
+                    'run.steps_per_epoch to a multiple of it.')
   augment.view_transforms(data.image_shape[0])  # checks its settings; they join the identity
 
   keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
@@ -420,6 +430,9 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
 def _resume(job, seed):
   """Restores the newest readable checkpoint (its step; 0 for a fresh run) unless that would
   overwrite a finished run, and records the run's identity and config."""
+  if checkpoint.in_cluster(job.strategy):
+    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
+                               job.checkpointer.directory)
   with job.strategy.scope():  # restored slots are created as distributed variables
     start_step = job.checkpointer.restore_latest()
   previous = _read_results(job)
@@ -481,7 +494,8 @@ def _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_f
       config_text=gin.config_str(), rank_images=rank_images,
       rank_every_steps=feature_rank_every_steps or max(
           job.steps_per_epoch // feature_rank_per_epoch, 1),
-      curves_path=job.out('curves.json'))
+      curves_path=job.out('curves.json'),
+      curves_from=os.path.join(job.model_dir, 'curves.json'))
   callbacks = [  # the guard first: no checkpoint is written after a NaN step.
       guard,
       monitor.TensorBoard(tb_dir, update_freq=tensorboard_update_freq),
@@ -552,6 +566,9 @@ def _restored_results(job):
   """eval / export: the newest readable checkpoint restored (export: written), beside what the
   training run measured."""
   mode = job.mode
+  if checkpoint.in_cluster(job.strategy):
+    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
+                               job.checkpointer.directory)
   with job.strategy.scope():
     job.checkpointer.restore_latest(required=True)
   step = job.checkpointer.step
@@ -592,6 +609,12 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
   """
   epoch, done = divmod(start_step, steps_per_epoch)
   history = None
+  calls = int(getattr(model, 'steps_per_execution', 1) or 1)
+  if done % calls:
+    raise UserError(f'The run resumes at step {start_step}, {done} steps into an epoch, which '
+                    f'is not a multiple of run.steps_per_execution = {calls} (its checkpoint was '
+                    'written with another setting): Keras would run past the epoch\'s end. '
+                    f'Fix: bind run.steps_per_execution to a divisor of {done} for this run.')
   if done:
     history = model.fit(dataset_from(start_step), initial_epoch=epoch, epochs=epoch + 1,
                         steps_per_epoch=steps_per_epoch - done, callbacks=callbacks,

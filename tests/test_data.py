@@ -99,6 +99,21 @@ def test_array_source_shards_by_input_pipeline(fake_fmnist):
   np.testing.assert_array_equal(labels, d.arrays('train')[1][1::2])
 
 
+def test_stream_is_infinite_and_an_empty_shard_is_a_clear_error(fake_fmnist):
+  """An infinite cardinality (not flat_map's unknown one, which makes tf.distribute handle
+  partial batches: an all-reduce per batch, dynamic shapes); a pipeline with nothing to read
+  stops with an error instead of spinning through empty epochs."""
+  d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
+  assert d.pretrain_dataset(8).cardinality() == tf.data.INFINITE_CARDINALITY
+  images, labels = d.arrays('train')
+  one = data_lib.ImageData('one', 28, 1, 10, 1, (0.5,), (0.25,),
+                           arrays={'train': (images[:1], labels[:1])})
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=2)
+  with pytest.raises(UserError, match='Input pipeline 1 of one has no training examples'):
+    one.pretrain_dataset(4, ctx)
+
+
 def test_seed_makes_the_pipeline_reproducible(fake_fmnist):
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
   first = [next(iter(d.pretrain_dataset(8, seed=3)))[0][0].numpy() for _ in range(2)]
@@ -151,8 +166,9 @@ def test_resuming_late_in_a_run_reads_at_most_one_epoch(fake_fmnist, monkeypatch
       reads.append(1)
       return label
     epoch = epochs(*args, **kwargs)
-    return lambda key: epoch(key).map(lambda image, label: (image, tf.ensure_shape(
-        tf.numpy_function(count, [label], label.dtype, stateful=True), [])))
+    return lambda key, start: epoch(key, start).map(lambda i, example: (i, (
+        example[0], tf.ensure_shape(tf.numpy_function(count, [example[1]], example[1].dtype,
+                                                      stateful=True), []))))
 
   monkeypatch.setattr(d, '_epochs', counted)
   late = iter(d.pretrain_dataset(8, seed=5, start_step=100, ordered=True))
@@ -188,11 +204,12 @@ def test_image_folder_skips_corrupt_file_and_trains(tmp_path):
   assert x.shape == (4, 16, 16, 3) and sorted(y.numpy().tolist()) == [0, 0, 1, 1]
 
 
-def _resume_matches(d, batch, steps, resume_at, input_context=None):
+def _resume_matches(d, batch, steps, resume_at, input_context=None, shuffle_buffer=None):
   """Labels and first views of `steps` batches from step 0 and from `resume_at`, compared;
   returns the uninterrupted labels."""
   def stream(start, count):
-    it = iter(d.pretrain_dataset(batch, input_context, seed=3, start_step=start, ordered=True))
+    it = iter(d.pretrain_dataset(batch, input_context, seed=3, start_step=start, ordered=True,
+                                 shuffle_buffer=shuffle_buffer))
     return [(y.numpy(), v1.numpy()) for (v1, _), y in (next(it) for _ in range(count))]
 
   uninterrupted = stream(0, steps)
@@ -255,7 +272,8 @@ def test_tfds_source_knows_each_input_pipelines_epoch_and_resumes_exactly(tmp_pa
   read = len(list(d._examples('train', ctx)))
   assert d._epoch_size('train', ctx) == read and 0 < read < 40
   assert d._epoch_size('train', None) == 40
-  labels = _resume_matches(d, 4, 12, 7, ctx)  # 5 steps an epoch of 20
+  # 5 steps an epoch of 20; permuted within runs of 6 (the first run shorter, by epoch).
+  labels = _resume_matches(d, 4, 12, 7, ctx, shuffle_buffer=6)
   np.testing.assert_array_equal(np.sort(labels[:read]), np.sort(labels[read:2 * read]))
   assert not np.array_equal(labels[:read], labels[read:2 * read])
 

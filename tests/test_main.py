@@ -26,7 +26,7 @@ TINY_IMAGENET = [
     "load_data.image_size = 32", "load_data.num_train = 64",
     "run.global_batch_size = 8", "run.epochs = 2", "run.steps_per_epoch = 2",
     "run.eval_batch_size = 16", "run.eval_train_examples = 32", "run.eval_test_examples = 16",
-    "run.verbose = 0", "build_optimizer.warmup_epochs = 1",
+    "run.verbose = 0", "build_optimizer.warmup_epochs = 1", "run.steps_per_execution = 1",
     # The ImageNet configs run the BYOL linear evaluation; one short epoch here.
     "offline_linear_eval.epochs = 1", "offline_linear_eval.batch_size = 8",
     "offline_linear_eval.steps_per_epoch = 2", "run.checkpoint_every_steps = 1",

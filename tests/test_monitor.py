@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from minc_tf import monitor
@@ -107,22 +108,42 @@ def read_events(directory):
   return steps, events, mux
 
 
-def test_every_summary_reaches_the_event_files_at_its_step(tmp_path):
-  """A real run whose epoch (3 steps) is not a multiple of the logging cadence (2): Keras'
-  callback records only at steps divisible by 2 during fit(), and epoch-end summaries at step 3
-  were dropped. Every tag the README lists, at every step it belongs to."""
+# One step per call: an epoch (3 steps) that is not a multiple of the logging cadence (2).
+# Seven steps per call (the TPU host loop): callbacks see steps 7, 14, 21, 28 only, and the
+# cadences (10 for TensorBoard and checkpoints, 9 for the feature rank) divide none of them.
+CADENCES = {
+    1: dict(bindings=['run.steps_per_epoch = 3', 'run.tensorboard_update_freq = 2',
+                      'run.checkpoint_every_steps = 10'],
+            batch=[2, 4, 6], epoch_end=[3, 6], rank=[0, 3, 6], checkpoints=[3, 6]),
+    7: dict(bindings=['run.steps_per_epoch = 14', 'run.steps_per_execution = 7',
+                      'run.tensorboard_update_freq = 10', 'run.feature_rank_every_steps = 9',
+                      'run.checkpoint_every_steps = 10'],
+            batch=[14, 21], epoch_end=[14, 28], rank=[0, 14, 21, 28], checkpoints=[14, 28]),
+}
+
+
+@pytest.mark.parametrize('steps_per_execution', sorted(CADENCES))
+def test_every_summary_reaches_the_event_files_at_its_step(tmp_path, steps_per_execution):
+  """A real run. With one step per call and an epoch (3 steps) that is not a multiple of the
+  cadence (2), Keras' callback recorded only at steps divisible by 2 during fit(), and
+  epoch-end summaries at step 3 were dropped; with 7 steps per call, a cadence of 10 was never
+  met (no step seen is divisible by it). Every tag the README lists, at every step it belongs
+  to."""
   import tensorflow_datasets as tfds
   from minc_tf import config
   from minc_tf import train
   from test_main import TINY_IMAGENET
-  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + [
-      'run.steps_per_epoch = 3', 'run.epochs = 2', 'run.tensorboard_update_freq = 2',
-      'run.offline_linear_eval = False', 'run.baselines = False',
+  case = CADENCES[steps_per_execution]
+  config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + case['bindings'] + [
+      'run.epochs = 2', 'run.keep_checkpoints = 10', 'run.offline_linear_eval = False', 'run.baselines = False',
       'build_model.use_target = True', 'build_model.summary_decay = 0.9'])
   with tfds.testing.mock_data(num_examples=64):
     results = train.run('train_and_eval', str(tmp_path), tf.distribute.get_strategy())
   steps, events, mux = read_events(str(tmp_path / 'tensorboard'))
-  batch, epoch_end, rank = [2, 4, 6], [3, 6], [0, 3, 6]
+  batch, epoch_end, rank = case['batch'], case['epoch_end'], case['rank']
+  saved = sorted(int(p.split('ckpt-')[1].split('.')[0])
+                 for p in tf.io.gfile.glob(str(tmp_path / 'checkpoints' / 'ckpt-*.index')))
+  assert saved == case['checkpoints']
   train_run, mon = steps['train'], steps['monitor']
   for name in ('loss', 'loss_attract', 'loss_repel', 'probe_loss', 'probe_train_acc',
                'feature_std'):
@@ -151,7 +172,7 @@ def test_every_summary_reaches_the_event_files_at_its_step(tmp_path):
   assert hparams['build_model.method'] == 'minc'
   assert hparams['run.global_batch_size'] == 8 and hparams['build_model.summary_decay'] == 0.9
   assert hparams['build_model.use_target'] is True
-  assert steps['hparams']['results/probe_top1'] == [6]
+  assert steps['hparams']['results/probe_top1'] == [epoch_end[-1]]
   probe = float(tf.make_ndarray(events['hparams']['results/probe_top1'][0].tensor_proto))
   np.testing.assert_allclose(probe, results['probe_top1'], rtol=1e-6)
 
