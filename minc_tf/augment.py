@@ -106,6 +106,67 @@ def gaussian_blur(x, sigma, kernel_size):
   return y[0]
 
 
+def _per_example(v):
+  return tf.reshape(v, [-1, 1, 1, 1])
+
+
+def _batch_color_jitter(x, brightness, contrast, saturation, hue, uniform):
+  """_color_jitter on a batch [N, S, S, C] with per-example strengths and per-example random
+  order: at each of the op slots every op is computed on the whole batch and each example keeps
+  the one its order puts there (what vectorising a switch does; no per-example loop)."""
+  channels = x.shape[-1]
+  delta = _per_example(uniform(-brightness, brightness))
+  factor = _per_example(uniform(1 - contrast, 1 + contrast))
+  sat = uniform(1 - saturation, 1 + saturation)[:, None, None]
+  shift = uniform(-hue, hue)[:, None, None]
+
+  def bright(y):
+    return y + delta
+
+  def contr(y):
+    grey = tf.image.rgb_to_grayscale(y) if channels == 3 else y
+    mean = tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True)
+    return (y - mean) * factor + mean
+
+  def satur(hsv):  # tf.image.adjust_saturation, with one factor per example
+    h, s, v = hsv
+    return tf.image.hsv_to_rgb(tf.stack([h, tf.clip_by_value(s * sat, 0.0, 1.0), v], -1))
+
+  def hue_fn(hsv):  # tf.image.adjust_hue, with one shift per example
+    h, s, v = hsv
+    return tf.image.hsv_to_rgb(tf.stack([tf.math.floormod(h + shift, 1.0), s, v], -1))
+
+  ops = [bright, contr] + ([satur, hue_fn] if channels == 3 else [])
+  order = tf.argsort(uniform(shape=[len(ops)]), axis=1)  # [N, ops]: a permutation each
+  for slot in range(len(ops)):
+    hsv = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1) if channels == 3 else None
+    outs = [tf.clip_by_value(op(hsv if op in (satur, hue_fn) else x), 0.0, 1.0) for op in ops]
+    pick = order[:, slot]
+    x = outs[0]
+    for j in range(1, len(ops)):
+      x = tf.where(_per_example(tf.equal(pick, j)), outs[j], x)
+  return x
+
+
+def batch_gaussian_blur(x, sigma, kernel_size):
+  """gaussian_blur on a batch [N, S, S, C], sigma [N] one per example: the examples' channels
+  become the channels of one depthwise convolution, each with its own kernel."""
+  radius = kernel_size // 2
+  pos = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  k = tf.exp(-tf.square(pos)[None] / (2.0 * tf.square(sigma)[:, None]))  # [N, K]
+  k /= tf.reduce_sum(k, axis=1, keepdims=True)
+  shape = tf.shape(x)
+  n, height, width, channels = shape[0], shape[1], shape[2], x.shape[-1]
+  k = tf.repeat(k, channels, axis=0)  # [N * C, K], example-major like the channels below
+  kx = tf.transpose(k)[None, :, :, None]  # [1, K, N * C, 1]
+  ky = tf.transpose(k)[:, None, :, None]  # [K, 1, N * C, 1]
+  y = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, height, width, n * channels])
+  y = tf.pad(y, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode='REFLECT')
+  y = tf.nn.depthwise_conv2d(y, kx, [1, 1, 1, 1], 'VALID')
+  y = tf.nn.depthwise_conv2d(y, ky, [1, 1, 1, 1], 'VALID')
+  return tf.transpose(tf.reshape(y, [height, width, n, channels]), [2, 0, 1, 3])
+
+
 @gin.configurable
 def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), flip_prob=0.5,
                     jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
@@ -119,7 +180,9 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
   cropped=True).
   viewK(image float [S, S, C], rng) -> float [S, S, C] in [0, 1]: flip, colour jitter with jitter_prob,
   grayscale, blur (kernel blur_kernel_frac of the side, sigma U(blur_sigma)) and solarize
-  (threshold 0.5) with view K's probabilities.
+  (threshold 0.5) with view K's probabilities. viewK.batch(images [N, S, S, C], seed [2]) is
+  the same view on a whole batch at once, each example with its own random parameters (for the
+  accelerator: no per-example loop; equal in distribution, not draw for draw, to viewK).
   """
   prob = real_in(0, 1)
   for name, value, check in (
@@ -163,6 +226,31 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
           y, rng.uniform(blur_sigma[0], blur_sigma[1]), kernel), x, rng)
       x = _maybe(solarize_prob[k], lambda y: tf.where(y < 0.5, y, 1.0 - y), x, rng)
       return tf.clip_by_value(x, 0.0, 1.0)
+
+    def batch(x, seed):
+      channels = x.shape[-1]
+      n = tf.shape(x)[:1]
+      draws = iter(range(1, 1 << 20))
+
+      def uniform(minval=0.0, maxval=1.0, shape=()):
+        return tf.random.stateless_uniform(
+            tf.concat([n, tf.constant(shape, tf.int32)], 0),
+            tf.random.experimental.stateless_fold_in(seed, next(draws)), minval, maxval)
+
+      def maybe(prob, y, x):
+        return tf.where(_per_example(uniform() < prob), y, x)
+
+      x = maybe(flip_prob, tf.reverse(x, [2]), x)
+      x = maybe(jitter_prob, _batch_color_jitter(x, brightness, contrast, saturation, hue,
+                                                 uniform), x)
+      if channels == 3:
+        x = maybe(grayscale_prob, tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3]), x)
+      x = maybe(blur_prob[k], batch_gaussian_blur(x, uniform(blur_sigma[0], blur_sigma[1]),
+                                                  kernel), x)
+      x = maybe(solarize_prob[k], tf.where(x < 0.5, x, 1.0 - x), x)
+      return tf.clip_by_value(x, 0.0, 1.0)
+
+    view.batch = batch
     return view
 
   return crop, make_view(0), make_view(1)
@@ -172,18 +260,19 @@ def batch_views(view1, view2, mean, std):
   """(x1, x2, seed) -> normalised views of two batches of crops, for use inside train_step.
 
   The flip / colour / blur / solarize part of the views on the accelerator, as BYOL does on TPU;
-  the crops come from the input pipeline. Example i of view k draws from fold_in(seed, 2i + k),
-  with seed = (step, replica), so no Python-side randomness enters the compiled step.
+  the crops come from the input pipeline (uint8 or floats in [0, 1]). Each view is computed on
+  the whole batch at once with per-example random parameters (viewK.batch), from
+  fold_in(seed, k), seed = (step, replica), so no Python-side randomness enters the compiled
+  step.
   """
-  def apply(view, x, seed, k):
-    index = tf.range(tf.shape(x)[0], dtype=tf.int64)
-    return tf.map_fn(
-        lambda a: normalize(view(a[0], Rng(tf.random.experimental.stateless_fold_in(
-            seed, 2 * a[1] + k))), mean, std),
-        (tf.cast(x, tf.float32), index), fn_output_signature=tf.float32)
-
   def views(x1, x2, seed):
-    return apply(view1, x1, seed, 0), apply(view2, x2, seed, 1)
+    out = []
+    for k, (view, x) in enumerate(((view1, x1), (view2, x2))):
+      x = tf.image.convert_image_dtype(x, tf.float32) if x.dtype == tf.uint8 else x
+      out.append(normalize(view.batch(tf.cast(x, tf.float32),
+                                      tf.random.experimental.stateless_fold_in(seed, k)),
+                           mean, std))
+    return tuple(out)
 
   return views
 

@@ -107,9 +107,23 @@ class Checkpointer:
   def paths(self):
     return list(self._manager.checkpoints)
 
+  def _candidates(self):
+    """The checkpoints a restore tries, newest first last: the chief's index (its save order);
+    a worker that only reads uses the same index, or the files when there is none."""
+    if not self._reader_only:
+      return list(self._manager.checkpoints)
+    try:
+      state = tf.train.get_checkpoint_state(self.directory)
+    except Exception:  # pylint: disable=broad-except  (a damaged index: the files instead)
+      state = None
+    if state is not None and state.all_model_checkpoint_paths:
+      return [p if os.path.isabs(p) or '://' in p else os.path.join(self.directory, p)
+              for p in state.all_model_checkpoint_paths]
+    return self._files_on_disk()
+
   def newest_step(self):
     """The step of the newest checkpoint a restore would try first (0: none)."""
-    candidates = self._files_on_disk() if self._reader_only else self._manager.checkpoints
+    candidates = self._candidates()
     return int(re.search(r'ckpt-(\d+)$', candidates[-1]).group(1)) if candidates else 0
 
   def restore(self, path):
@@ -129,8 +143,7 @@ class Checkpointer:
     """
     self.build_optimizer()
     self.damaged = []
-    candidates = self._files_on_disk() if self._reader_only else self._manager.checkpoints
-    for path in reversed(candidates):
+    for path in reversed(self._candidates()):
       try:
         return self.restore(path)
       except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
@@ -215,12 +228,25 @@ def check_same_step(strategy, step, directory):
   restore: restoring is itself collective, and different checkpoints break it."""
   total = replica_sum(strategy)
   replicas = strategy.num_replicas_in_sync
-  differs = total([step])[0] != replicas * step
+  parts = divmod(int(step), 4096)  # float32 sums stay exact: each part is small
+  differs = any(t != replicas * p for t, p in zip(total(list(parts)), parts))
   if total([float(differs)])[0] > 0:
     raise UserError(f'The workers of this run see different checkpoints in {directory} '
                     f'(this worker: step {step}); the model dir must be storage every worker '
                     'reads alike. Fix: pass a --model_dir on gs:// or a shared file system, the '
                     'same on every worker.')
+
+
+def agree_on_error(strategy, error):
+  """Raises, on every worker of a multi-worker run, when any worker met a UserError (`error`:
+  this worker's, or None): a worker that stopped alone would leave the others waiting in their
+  next collective."""
+  failed = replica_sum(strategy)([float(error is not None)])[0] > 0
+  if error is not None:
+    raise error
+  if failed:
+    raise UserError('Another worker of this run stopped with an error (its log names it); '
+                    'this one stopped with it.')
 
 
 class ClusterSignal:

@@ -3,6 +3,7 @@ offline linear evaluation of the BYOL protocol."""
 
 import inspect
 import math
+import weakref
 
 import gin
 import keras
@@ -44,11 +45,7 @@ def extract_features(encoder, dataset, strategy=None):
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
   dist = strategy.experimental_distribute_dataset(padded.with_options(options))
-
-  @tf.function
-  def embed(images, labels, valid):
-    return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
-                        args=(images, labels, valid))
+  embed = _embedding_function(encoder, strategy)
 
   def local(value):
     return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
@@ -59,6 +56,24 @@ def extract_features(encoder, dataset, strategy=None):
     feats.append(f[m])
     labels.append(y[m])
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+
+
+# One traced function per (encoder, strategy): the feature rank logged every epoch calls
+# extract_features again, and a new tf.function would retrace (on TPU, recompile) each time.
+_EMBED = weakref.WeakKeyDictionary()
+
+
+def _embedding_function(encoder, strategy):
+  per_strategy = _EMBED.setdefault(encoder, {})
+  if id(strategy) not in per_strategy:
+
+    @tf.function
+    def embed(images, labels, valid):
+      return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
+                          args=(images, labels, valid))
+
+    per_strategy[id(strategy)] = embed
+  return per_strategy[id(strategy)]
 
 
 @gin.configurable

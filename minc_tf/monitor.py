@@ -143,6 +143,7 @@ class Monitor(keras.callbacks.Callback):
     self._num_eig = num_eigenvalues
     self._last = None
     self._last_batch_step = 0
+    self._rank_ds = None
 
   def _step(self):
     return int(self.model.optimizer.iterations.numpy())
@@ -176,12 +177,14 @@ class Monitor(keras.callbacks.Callback):
       return
     # On the strategy's replicas (a TPU's cores, every worker of a multi-worker run), as the
     # evaluation extracts its features, not eagerly on the host.
-    images = self._rank_images
-    batch = min(256, len(images)) // self.model.distribute_strategy.num_replicas_in_sync * (
-        self.model.distribute_strategy.num_replicas_in_sync)
-    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64)))
-    feats, _ = evaluate.extract_features(self.model.encoder, ds.batch(max(batch, 1)),
-                                         self.model.distribute_strategy)
+    strategy = self.model.distribute_strategy
+    if self._rank_ds is None:  # built once: the images are copied into it once
+      images = self._rank_images
+      replicas = strategy.num_replicas_in_sync
+      batch = max(min(256, len(images)) // replicas, 1) * replicas
+      self._rank_ds = tf.data.Dataset.from_tensor_slices(
+          (images, np.zeros(len(images), np.int64))).batch(batch)
+    feats, _ = evaluate.extract_features(self.model.encoder, self._rank_ds, strategy)
     self._record('feature_effective_rank', step, feature_effective_rank(feats))
 
   def on_train_begin(self, logs=None):

@@ -383,6 +383,14 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
                     f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
+  if mixed_precision == 'mixed_float16' and steps_per_execution > 1:
+    # Its loss-scale optimizer does not count the steps it skips: the step count, which
+    # resumes and callbacks take as the run's clock, would drift from the steps run.
+    raise UserError('run.mixed_precision = \'mixed_float16\' with run.steps_per_execution = '
+                    f'{steps_per_execution}: the float16 loss scaling skips steps without '
+                    'counting them, and the run could not resume at the right step. Fix: bind '
+                    'run.mixed_precision to \'mixed_bfloat16\' (TPUs, recent GPUs) or None, or '
+                    'run.steps_per_execution to 1.')
   if steps_per_epoch % steps_per_execution:
     # Keras runs whole executions: the epoch would overrun its planned steps.
     below = max(d for d in range(1, steps_per_execution) if steps_per_epoch % d == 0)
@@ -427,14 +435,41 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
               epochs, steps_per_epoch, identity, record_identity)
 
 
+def _restore(job, required=False):
+  """The newest readable checkpoint restored (its step; 0: none). Restoring is collective
+  under MultiWorkerMirroredStrategy: the workers first agree on what they see, and a worker
+  that cannot restore stops them all."""
+  cluster = checkpoint.in_cluster(job.strategy)
+  if cluster:
+    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
+                               job.checkpointer.directory)
+  error = None
+  try:
+    with job.strategy.scope():  # restored slots are created as distributed variables
+      job.checkpointer.restore_latest(required=required)
+  except UserError as e:
+    if not cluster:
+      raise
+    error = e
+  if cluster:
+    checkpoint.agree_on_error(job.strategy, error)
+    checkpoint.check_same_step(job.strategy, job.checkpointer.step, job.checkpointer.directory)
+  return job.checkpointer.step
+
+
 def _resume(job, seed):
   """Restores the newest readable checkpoint (its step; 0 for a fresh run) unless that would
   overwrite a finished run, and records the run's identity and config."""
-  if checkpoint.in_cluster(job.strategy):
-    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
-                               job.checkpointer.directory)
-  with job.strategy.scope():  # restored slots are created as distributed variables
-    start_step = job.checkpointer.restore_latest()
+  start_step = _restore(job)
+  calls = int(getattr(job.model, 'steps_per_execution', 1) or 1)
+  done = start_step % job.steps_per_epoch
+  if done % calls:  # before anything is written
+    fits = [d for d in range(1, calls) if done % d == 0 and job.steps_per_epoch % d == 0]
+    raise UserError(f'The run resumes at step {start_step}, {done} steps into an epoch, which '
+                    f'is not a multiple of run.steps_per_execution = {calls} (its checkpoint '
+                    'was written with another setting): Keras would run past the epoch\'s '
+                    f'end. Fix: bind run.steps_per_execution to {max(fits)} (it divides both '
+                    f'{done} and the epoch\'s {job.steps_per_epoch} steps) for this run.')
   previous = _read_results(job)
   finished = previous.get('final_step', 0) if not previous.get('preempted') else 0
   finished = max(finished,
@@ -566,12 +601,7 @@ def _restored_results(job):
   """eval / export: the newest readable checkpoint restored (export: written), beside what the
   training run measured."""
   mode = job.mode
-  if checkpoint.in_cluster(job.strategy):
-    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
-                               job.checkpointer.directory)
-  with job.strategy.scope():
-    job.checkpointer.restore_latest(required=True)
-  step = job.checkpointer.step
+  step = _restore(job, required=True)
   previous = _read_results(job)
   if job.checkpointer.damaged:
     note = (', '.join(os.path.basename(p) for p, _ in job.checkpointer.damaged) +
@@ -609,12 +639,6 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
   """
   epoch, done = divmod(start_step, steps_per_epoch)
   history = None
-  calls = int(getattr(model, 'steps_per_execution', 1) or 1)
-  if done % calls:
-    raise UserError(f'The run resumes at step {start_step}, {done} steps into an epoch, which '
-                    f'is not a multiple of run.steps_per_execution = {calls} (its checkpoint was '
-                    'written with another setting): Keras would run past the epoch\'s end. '
-                    f'Fix: bind run.steps_per_execution to a divisor of {done} for this run.')
   if done:
     history = model.fit(dataset_from(start_step), initial_epoch=epoch, epochs=epoch + 1,
                         steps_per_epoch=steps_per_epoch - done, callbacks=callbacks,

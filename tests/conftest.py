@@ -23,9 +23,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(autouse=True)
 def _clean_gin():
+  # Also Keras' global dtype policy: a run of an ImageNet config sets mixed_bfloat16, which
+  # would leak into the next test's models.
+  import keras
   gin.clear_config()
+  keras.mixed_precision.set_global_policy('float32')
   yield
   gin.clear_config()
+  keras.mixed_precision.set_global_policy('float32')
 
 
 @pytest.fixture(scope='session')

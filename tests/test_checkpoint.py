@@ -225,14 +225,16 @@ def recorded_steps(model_dir):
 
 
 def test_interrupted_runs_resume_bit_for_bit(tmp_path, learnable_fmnist, seeded_runs):
-  """Three interruptions, run side by side, each resumed into epoch 2; each run ends with every
-  variable equal to the uninterrupted runs': a SIGKILL after a periodic checkpoint of epoch 1,
-  a SIGTERM between checkpoints (saved at the end of the step it lands in), and a resume
-  exactly at the epoch boundary (only epoch-end checkpoints: killed once step 7 is saved;
-  checkpointing less often must not change what is trained)."""
+  """Two interruptions, run side by side, each resumed into epoch 2; each run ends with every
+  variable equal to the uninterrupted runs': a SIGKILL after a periodic checkpoint of epoch 1
+  (a resume mid-epoch), and a resume exactly at the epoch boundary (only epoch-end
+  checkpoints: killed once step 7 is saved; checkpointing less often must not change what is
+  trained)."""
   epoch_end_only = ['--gin_bindings=run.checkpoint_every_steps=1000']
+  # (A SIGTERM between checkpoints, resumed bit for bit, was a third case until 2026-11-29:
+  # cut for suite time. SIGTERM saves at the end of its step: test_ctrl_c_saves_at_the_end...,
+  # test_guard_acts_once_per_execution...; its CLI resume: the two-worker test.)
   cases = {'sigkill': ([], DET_EVERY, signal.SIGKILL),
-           'sigterm': ([], DET_EVERY, signal.SIGTERM),
            'epoch_boundary': (epoch_end_only, DET_STEPS, signal.SIGKILL)}
   dirs = {name: str(tmp_path / name) for name in cases}
   procs = {name: start_seeded(dirs[name], learnable_fmnist, extra)
@@ -252,8 +254,6 @@ def test_interrupted_runs_resume_bit_for_bit(tmp_path, learnable_fmnist, seeded_
     assert proc.returncode == expected, (name, out.decode()[-3000:])
   stopped = {name: recorded_steps(d)[-1] for name, d in dirs.items()}
   assert stopped['sigkill'] == DET_EVERY, stopped
-  assert stopped['sigterm'] % DET_EVERY and stopped['sigterm'] < DET_STEPS, stopped
-  assert json.load(open(os.path.join(dirs['sigterm'], 'results.json')))['preempted']
   assert recorded_steps(dirs['epoch_boundary']) == [DET_STEPS]
   procs = {name: start_seeded(dirs[name], learnable_fmnist, cases[name][0]) for name in cases}
   for name, proc in procs.items():
@@ -316,8 +316,8 @@ def test_ctrl_c_saves_at_the_end_of_the_step_and_stops(tmp_path):
 def test_guard_acts_once_per_execution_of_seven_steps(tmp_path):
   """steps_per_execution = 7 (callbacks see steps 7, 14, 21, 28) and cadences 7 does not
   divide: checkpoints once 10 steps have passed (14; 21 is 7 after it; 28 ends the epoch); a
-  Ctrl-C during step 9 saves at the end of its execution, 14; a non-finite loss at step 10
-  stops at 14 with no checkpoint after the one at 7."""
+  Ctrl-C as the second execution (steps 8-14) starts saves at its end, 14; a non-finite loss at
+  step 10 stops at 14 with no checkpoint after the one at 7."""
   import keras
   from test_model import batches, dataset, tiny_model
 
@@ -420,8 +420,8 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   directory it removes."""
   model_dir, tmp, logs = tmp_path / 'run', tmp_path / 'tmp', tmp_path
   tmp.mkdir()
-  two_epochs = [f'--gin_bindings=run.epochs={EPOCHS - 1}']  # its own plan: 20 steps
-  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp, logs)
+  plan = ['--gin_bindings=run.epochs=1']  # its own plan: 10 steps
+  procs = start_workers(model_dir, learnable_fmnist, plan, tmp, logs)
   deadline = time.time() + 240
   while not [s for s in checkpoint_steps(model_dir) if s >= 4]:
     if time.time() > deadline or any(p.poll() is not None for p in procs):
@@ -431,7 +431,7 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   procs[1].send_signal(signal.SIGTERM)
   outs = finish_workers(procs, logs)
   stopped = checkpoint_steps(model_dir)[-1]
-  assert stopped < 2 * STEPS_PER_EPOCH
+  assert stopped < STEPS_PER_EPOCH
   # Each worker's last save is of the step the chief's newest checkpoint holds; the chief's
   # saves went to the model dir, the other worker's elsewhere.
   chief, other = saves(outs[0]), saves(outs[1])
@@ -444,18 +444,18 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   assert not os.listdir(tmp), os.listdir(tmp)  # the non-chief's directory is gone
 
   # A model dir the workers see differently (local disks, not shared storage): both stop.
-  procs = start_workers(model_dir, learnable_fmnist, two_epochs, tmp, logs,
+  procs = start_workers(model_dir, learnable_fmnist, plan, tmp, logs,
                         model_dirs=[model_dir, tmp_path / 'elsewhere'])
   for p, out in zip(procs, finish_workers(procs, logs, check=False)):
     assert p.returncode == 2 and 'see different checkpoints' in out, out[-2000:]
   assert checkpoint_steps(model_dir)[-1] == stopped
 
-  finish_workers(start_workers(model_dir, learnable_fmnist, two_epochs, tmp, logs), logs)
+  finish_workers(start_workers(model_dir, learnable_fmnist, plan, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
-  assert results['final_step'] == 2 * STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
+  assert results['final_step'] == STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
   assert 'preempted' not in results
   with open(model_dir / 'export' / 'export_info.json') as f:
-    assert json.load(f)['step'] == 2 * STEPS_PER_EPOCH
+    assert json.load(f)['step'] == STEPS_PER_EPOCH
   assert sorted(os.listdir(model_dir)) == sorted([
       'checkpoints', 'checkpoint.weights.h5', 'config.gin', 'curves.json', 'export',
       'operative_config.gin', 'results.json', 'run_identity.json', 'tensorboard',
@@ -463,12 +463,12 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   assert not os.listdir(tmp), os.listdir(tmp)
 
   # Evaluated by both workers (features extracted on both replicas), as one process does.
-  evaluation = two_epochs + ['--mode=eval', '--gin_bindings=run.eval_train_examples=256',
+  evaluation = plan + ['--mode=eval', '--gin_bindings=run.eval_train_examples=256',
                              '--gin_bindings=run.eval_test_examples=128',
                              '--gin_bindings=run.baselines=False']
   finish_workers(start_workers(model_dir, learnable_fmnist, evaluation, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
-  assert results['eval_step'] == 2 * STEPS_PER_EPOCH and results['replicas'] == 2
+  assert results['eval_step'] == STEPS_PER_EPOCH and results['replicas'] == 2
   assert not os.listdir(tmp), os.listdir(tmp)
   code, out = run_cli(model_dir, learnable_fmnist, evaluation)
   assert code == 0, out[-3000:]

@@ -99,12 +99,15 @@ def test_array_source_shards_by_input_pipeline(fake_fmnist):
   np.testing.assert_array_equal(labels, d.arrays('train')[1][1::2])
 
 
-def test_stream_is_infinite_and_an_empty_shard_is_a_clear_error(fake_fmnist):
+def test_stream_is_infinite_uint8_crops_and_an_empty_shard_is_a_clear_error(fake_fmnist):
   """An infinite cardinality (not flat_map's unknown one, which makes tf.distribute handle
   partial batches: an all-reduce per batch, dynamic shapes); a pipeline with nothing to read
   stops with an error instead of spinning through empty epochs."""
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
   assert d.pretrain_dataset(8).cardinality() == tf.data.INFINITE_CARDINALITY
+  # Views finished on the accelerator: the host ships uint8 crops (a quarter of the bytes).
+  (c1, c2), _ = next(iter(d.pretrain_dataset(8, crops_only=True)))
+  assert c1.dtype == c2.dtype == tf.uint8 and c1.shape == (8, 28, 28, 1)
   images, labels = d.arrays('train')
   one = data_lib.ImageData('one', 28, 1, 10, 1, (0.5,), (0.25,),
                            arrays={'train': (images[:1], labels[:1])})

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 
-SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'launch', '*.sh')))
+SCRIPTS = sorted(glob.glob(os.path.join(REPO, 'launch', '*.sh')) +
+                 glob.glob(os.path.join(REPO, 'bench', '*.sh')))
 
 
 def test_there_are_launch_scripts_for_tpu_vm_pod_and_gpu_cluster():
@@ -98,3 +99,16 @@ def test_tpu_install_matches_the_packaged_tpu_extra():
   assert "'tpu': ['tensorflow-tpu==2.20.*']" in setup_py
   [install] = dry_run('tpu_vm.sh', 'install')
   assert 'tensorflow-tpu==2.20.0' in remote(install)[0]
+
+
+def test_accelerator_check_stops_at_once_without_a_gpu(tmp_path):
+  """An nvidia-smi that finds no GPU (as on a host without one, whatever this one has): a
+  message and exit 3 before anything is installed."""
+  fake = tmp_path / 'nvidia-smi'
+  fake.write_text('#!/bin/sh\necho "NVIDIA-SMI has failed" >&2\nexit 9\n')
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', VENV=str(tmp_path / 'venv'))
+  proc = subprocess.run(['bash', os.path.join(REPO, 'bench', 'accelerator_check.sh')], env=env,
+                        capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 3 and 'no NVIDIA GPU here' in proc.stderr, proc.stderr
+  assert not (tmp_path / 'venv').exists()

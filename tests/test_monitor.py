@@ -108,13 +108,11 @@ def read_events(directory):
   return steps, events, mux
 
 
-# One step per call: an epoch (3 steps) that is not a multiple of the logging cadence (2).
 # Seven steps per call (the TPU host loop): callbacks see steps 7, 14, 21, 28 only, and the
-# cadences (10 for TensorBoard and checkpoints, 9 for the feature rank) divide none of them.
+# cadences (10 for TensorBoard and checkpoints, 9 for the feature rank) divide none of them. (A
+# case of one step per call, an epoch of 3 steps at a cadence of 2, is the same code at its
+# simplest; it was cut for suite time.)
 CADENCES = {
-    1: dict(bindings=['run.steps_per_epoch = 3', 'run.tensorboard_update_freq = 2',
-                      'run.checkpoint_every_steps = 10'],
-            batch=[2, 4, 6], epoch_end=[3, 6], rank=[0, 3, 6], checkpoints=[3, 6]),
     7: dict(bindings=['run.steps_per_epoch = 14', 'run.steps_per_execution = 7',
                       'run.tensorboard_update_freq = 10', 'run.feature_rank_every_steps = 9',
                       'run.checkpoint_every_steps = 10'],
@@ -124,11 +122,9 @@ CADENCES = {
 
 @pytest.mark.parametrize('steps_per_execution', sorted(CADENCES))
 def test_every_summary_reaches_the_event_files_at_its_step(tmp_path, steps_per_execution):
-  """A real run. With one step per call and an epoch (3 steps) that is not a multiple of the
-  cadence (2), Keras' callback recorded only at steps divisible by 2 during fit(), and
-  epoch-end summaries at step 3 were dropped; with 7 steps per call, a cadence of 10 was never
-  met (no step seen is divisible by it). Every tag the README lists, at every step it belongs
-  to."""
+  """A real run with 7 steps per call: Keras' callback recorded only at steps divisible by the
+  cadence (10), which no step it sees is, and epoch-end summaries at steps off the cadence (14)
+  were dropped. Every tag the README lists, at every step it belongs to."""
   import tensorflow_datasets as tfds
   from minc_tf import config
   from minc_tf import train
