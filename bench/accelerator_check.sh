@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The accelerator check: on a machine with an NVIDIA GPU, install the GPU build of minc_tf into
-# its own venv and print, within about 8 minutes, the images/s of the MINC (live EMA target),
-# Spectral and supervised train steps of ResNet-50 at 224 px under XLA, in float32 and bf16,
-# and their ratios (bench/step.py). Without a GPU it stops at once with a message, exit 3.
+# its own venv and print the images/s of the MINC (live EMA target), Spectral and supervised
+# train steps of ResNet-50 at 224 px under XLA, in bf16 and float32, and their ratios
+# (bench/step.py), then the views made on the accelerator, whole batch against one example at a
+# time (bench/views.py). Sized for about 8 minutes (each part has a time limit; it has not run
+# on a GPU yet: none was available where it was written). Without a GPU it stops at once with
+# a message, exit 3.
 #
 #   bash bench/accelerator_check.sh            # from the repository root
 #   BATCH=64 STEPS=10 VENV=.venv-gpu bash bench/accelerator_check.sh
@@ -33,8 +36,10 @@ PY
 echo "installed in $(( $(date +%s) - start )) s"
 
 for precision in mixed_bfloat16 float32; do
-  timeout 240 python bench/step.py --depth 50 --image_size 224 --batch "$BATCH" \
+  timeout 150 python bench/step.py --depth 50 --image_size 224 --batch "$BATCH" \
     --steps "$STEPS" --repeats 2 --jit --precision "$precision" --methods minc spectral \
     2>&1 | grep -v -e '^W0' -e '^I0' -e 'WARNING' || echo "step.py $precision: failed or timed out"
 done
+timeout 120 python bench/views.py --batch 256 --size 224 --repeats 3 \
+  2>&1 | grep -v -e '^W0' -e '^I0' -e 'WARNING' || echo "views.py: failed or timed out"
 echo "accelerator_check: done in $(( $(date +%s) - start )) s"

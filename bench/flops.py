@@ -1,12 +1,14 @@
 """FLOPs of one MINC training step of ResNet-50 at 224 px, counted from the model's graph.
 
-  python bench/flops.py [--batch 4096] [--image_size 224] [--epochs 300] [--chips 16]
-                        [--utilisation 0.4] [--peak_tflops 275]
+  python bench/flops.py [--gin_file gin/minc.gin] [--target config|on|off] [--batch 4096]
+                        [--image_size 224] [--epochs 300] [--chips 16] [--utilisation 0.4]
+                        [--peak_tflops 275]
 
 TensorFlow's profiler counts the floating-point operations of the forward pass of the online
 network (encoder + projector, as gin/minc.gin and imagenet_base.gin build them) on one image.
 A training step of B pairs runs it on 2B images forward and backward (backward ~ 2 x forward)
-and, with the EMA target (build_model.use_target), the target network forward on 2B images; the
+and, with an EMA target (build_model.use_target in the config, or --target on), the target
+network forward on 2B images; the
 loss, the summary statistic and the optimizer are small beside it (not counted). Printed: FLOPs
 per image and per step, the run's total, and the chip-hours and wall-clock hours on `chips`
 chips at `utilisation` of `peak_tflops` (Cloud TPU v4: 275 TFLOP/s bf16 per chip).
@@ -19,6 +21,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from minc_tf import config  # noqa: E402
@@ -44,10 +47,19 @@ def main():
   parser.add_argument('--chips', type=int, default=16, help='v4-32: 16 chips')
   parser.add_argument('--utilisation', type=float, default=0.4)
   parser.add_argument('--peak_tflops', type=float, default=275.0)
-  parser.add_argument('--no_target', action='store_true', help='MINC with a stop-gradient '
-                      'target (use_target=False): no target forward pass')
+  parser.add_argument('--gin_file', default='gin/minc.gin', help='the method configuration; '
+                      'its build_model.use_target says whether a target network runs forward')
+  parser.add_argument('--target', choices=['config', 'on', 'off'], default='config',
+                      help='count the EMA target forward pass: as the config says, or not')
   args = parser.parse_args()
-  config.parse_gin(['gin/minc.gin'], [])
+  config.parse_gin([args.gin_file], [])
+  try:
+    use_target = bool(gin.query_parameter('build_model.use_target'))
+  except ValueError:  # unbound: the method's default (MINC: off)
+    use_target = False
+  if args.target != 'config':
+    use_target = args.target == 'on'
+  args.no_target = not use_target
   shape = (args.image_size, args.image_size, 3)
   encoder = networks.build_encoder(shape)
   # The projector of imagenet_base.gin: 2048 -> 4096 -> 256.

@@ -6,7 +6,8 @@ ops that have no meaning for them (saturation, hue, grayscale) instead of failin
 
 All randomness is stateless and flows from an Rng made from a per-example seed, so an example's
 views depend only on (seed, example index): parallel maps stay reproducible, and a resumed run
-can skip to where it stopped without replaying the augmentations.
+can skip to where it stopped without replaying the augmentations. Views finished on the
+accelerator (viewK.batch, batch_views) draw from (step, replica, position in the batch).
 """
 
 import math
@@ -228,6 +229,7 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
       return tf.clip_by_value(x, 0.0, 1.0)
 
     def batch(x, seed):
+      x = tf.cast(x, tf.float32)
       channels = x.shape[-1]
       n = tf.shape(x)[:1]
       draws = iter(range(1, 1 << 20))

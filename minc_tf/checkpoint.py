@@ -108,7 +108,7 @@ class Checkpointer:
     return list(self._manager.checkpoints)
 
   def _candidates(self):
-    """The checkpoints a restore tries, newest first last: the chief's index (its save order);
+    """The checkpoints a restore tries, oldest first: the chief's index (its save order);
     a worker that only reads uses the same index, or the files when there is none."""
     if not self._reader_only:
       return list(self._manager.checkpoints)
@@ -233,14 +233,15 @@ def check_same_step(strategy, step, directory):
   if total([float(differs)])[0] > 0:
     raise UserError(f'The workers of this run see different checkpoints in {directory} '
                     f'(this worker: step {step}); the model dir must be storage every worker '
-                    'reads alike. Fix: pass a --model_dir on gs:// or a shared file system, the '
-                    'same on every worker.')
+                    'reads alike (or a worker found a checkpoint damaged that another read: its '
+                    'log names it). Fix: pass a --model_dir on gs:// or a shared file system, '
+                    'the same on every worker.')
 
 
 def agree_on_error(strategy, error):
-  """Raises, on every worker of a multi-worker run, when any worker met a UserError (`error`:
-  this worker's, or None): a worker that stopped alone would leave the others waiting in their
-  next collective."""
+  """Raises, on every worker of a multi-worker run, when any worker met an error (`error`: this
+  worker's exception, or None; re-raised here): a worker that stopped alone would leave the
+  others waiting in their next collective."""
   failed = replica_sum(strategy)([float(error is not None)])[0] > 0
   if error is not None:
     raise error

@@ -3,7 +3,6 @@ offline linear evaluation of the BYOL protocol."""
 
 import inspect
 import math
-import weakref
 
 import gin
 import keras
@@ -13,7 +12,7 @@ import tensorflow as tf
 from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
 
 
-def extract_features(encoder, dataset, strategy=None):
+def extract_features(encoder, dataset, strategy=None, cache=None):
   """Runs `encoder` (inference mode) over (image, label) batches on the replicas of `strategy`
   (default: the current one); returns (features, labels) in the dataset's order.
 
@@ -45,7 +44,7 @@ def extract_features(encoder, dataset, strategy=None):
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
   dist = strategy.experimental_distribute_dataset(padded.with_options(options))
-  embed = _embedding_function(encoder, strategy)
+  embed = _embedding_function(encoder, strategy, cache)
 
   def local(value):
     return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
@@ -58,22 +57,21 @@ def extract_features(encoder, dataset, strategy=None):
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
-# One traced function per (encoder, strategy): the feature rank logged every epoch calls
-# extract_features again, and a new tf.function would retrace (on TPU, recompile) each time.
-_EMBED = weakref.WeakKeyDictionary()
+def _embedding_function(encoder, strategy, cache):
+  """A traced function embedding a distributed batch; kept in `cache` (a dict the caller
+  owns, such as the Monitor, which calls again every epoch: a new tf.function would retrace,
+  on TPU recompile) so that it lives no longer than its caller."""
+  if cache is not None and 'embed' in cache:
+    return cache['embed']
 
+  @tf.function
+  def embed(images, labels, valid):
+    return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
+                        args=(images, labels, valid))
 
-def _embedding_function(encoder, strategy):
-  per_strategy = _EMBED.setdefault(encoder, {})
-  if id(strategy) not in per_strategy:
-
-    @tf.function
-    def embed(images, labels, valid):
-      return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
-                          args=(images, labels, valid))
-
-    per_strategy[id(strategy)] = embed
-  return per_strategy[id(strategy)]
+  if cache is not None:
+    cache['embed'] = embed
+  return embed
 
 
 @gin.configurable

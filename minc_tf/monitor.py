@@ -144,6 +144,7 @@ class Monitor(keras.callbacks.Callback):
     self._last = None
     self._last_batch_step = 0
     self._rank_ds = None
+    self._embed = {}  # extract_features' traced function, kept for this run
 
   def _step(self):
     return int(self.model.optimizer.iterations.numpy())
@@ -184,7 +185,8 @@ class Monitor(keras.callbacks.Callback):
       batch = max(min(256, len(images)) // replicas, 1) * replicas
       self._rank_ds = tf.data.Dataset.from_tensor_slices(
           (images, np.zeros(len(images), np.int64))).batch(batch)
-    feats, _ = evaluate.extract_features(self.model.encoder, self._rank_ds, strategy)
+    feats, _ = evaluate.extract_features(self.model.encoder, self._rank_ds, strategy,
+                                         cache=self._embed)
     self._record('feature_effective_rank', step, feature_effective_rank(feats))
 
   def on_train_begin(self, logs=None):

@@ -383,14 +383,14 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
                     f'run.global_batch_size to at most {data.num_train}.')
   steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
-  if mixed_precision == 'mixed_float16' and steps_per_execution > 1:
+  if mixed_precision == 'mixed_float16' and mode in TRAINING:
     # Its loss-scale optimizer does not count the steps it skips: the step count, which
-    # resumes and callbacks take as the run's clock, would drift from the steps run.
-    raise UserError('run.mixed_precision = \'mixed_float16\' with run.steps_per_execution = '
-                    f'{steps_per_execution}: the float16 loss scaling skips steps without '
-                    'counting them, and the run could not resume at the right step. Fix: bind '
-                    'run.mixed_precision to \'mixed_bfloat16\' (TPUs, recent GPUs) or None, or '
-                    'run.steps_per_execution to 1.')
+    # checkpoints, resumes and the finished-run check take as the run's clock, would fall
+    # behind the batches trained on (and a resume would replay some).
+    raise UserError('run.mixed_precision = \'mixed_float16\' cannot train a run: its loss '
+                    'scaling skips steps without counting them, so the run could not resume '
+                    'or finish at the right step. Fix: bind run.mixed_precision to '
+                    '\'mixed_bfloat16\' (TPUs, recent GPUs) or None.')
   if steps_per_epoch % steps_per_execution:
     # Keras runs whole executions: the epoch would overrun its planned steps.
     below = max(d for d in range(1, steps_per_execution) if steps_per_epoch % d == 0)
@@ -437,24 +437,35 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
 
 def _restore(job, required=False):
   """The newest readable checkpoint restored (its step; 0: none). Restoring is collective
-  under MultiWorkerMirroredStrategy: the workers first agree on what they see, and a worker
-  that cannot restore stops them all."""
-  cluster = checkpoint.in_cluster(job.strategy)
-  if cluster:
-    checkpoint.check_same_step(job.strategy, job.checkpointer.newest_step(),
-                               job.checkpointer.directory)
-  error = None
-  try:
+  under MultiWorkerMirroredStrategy: the workers first agree on what they see, and an error on
+  any worker (a UserError or any other) stops them all."""
+  ckpt = job.checkpointer
+  if not checkpoint.in_cluster(job.strategy):
     with job.strategy.scope():  # restored slots are created as distributed variables
-      job.checkpointer.restore_latest(required=required)
-  except UserError as e:
-    if not cluster:
-      raise
-    error = e
-  if cluster:
-    checkpoint.agree_on_error(job.strategy, error)
-    checkpoint.check_same_step(job.strategy, job.checkpointer.step, job.checkpointer.directory)
-  return job.checkpointer.step
+      return ckpt.restore_latest(required=required)
+  # A barrier first: the chief has rebuilt a damaged index (in _set_up) before anyone reads it.
+  checkpoint.replica_sum(job.strategy)([0.0])
+  newest = _on_every_worker(job, ckpt.newest_step)
+  checkpoint.check_same_step(job.strategy, newest, ckpt.directory)
+
+  def restore():
+    with job.strategy.scope():
+      return ckpt.restore_latest(required=required)
+
+  step = _on_every_worker(job, restore)
+  checkpoint.check_same_step(job.strategy, step, ckpt.directory)
+  return step
+
+
+def _on_every_worker(job, fn):
+  """fn() on this worker of a multi-worker run; an exception on any worker is raised on all
+  (a worker that stopped alone would leave the others waiting in their next collective)."""
+  try:
+    result, error = fn(), None
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every worker)
+    result, error = None, e
+  checkpoint.agree_on_error(job.strategy, error)
+  return result
 
 
 def _resume(job, seed):

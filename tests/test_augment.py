@@ -186,3 +186,23 @@ def test_batch_jitter_keeps_each_examples_own_random_order():
   np.testing.assert_allclose(out[0], contrast(bright(image)), atol=1e-6)
   np.testing.assert_allclose(out[1], bright(contrast(image)), atol=1e-6)
   assert not np.allclose(out[0], out[1])
+
+
+def test_batch_blur_and_colour_ops_equal_the_per_image_ops():
+  """The exact parts: the batch blur with a sigma per example is gaussian_blur of each example
+  (a kernel given to the wrong example or channel would differ), and the batch saturation and
+  hue are tf.image.adjust_saturation / adjust_hue with each example's own factor."""
+  x = tf.random.uniform((3, 12, 12, 3), seed=4)
+  sigma = tf.constant([0.3, 1.0, 2.0])
+  blurred = augment.batch_gaussian_blur(x, sigma, 5)
+  for i in range(3):
+    np.testing.assert_allclose(blurred[i], augment.gaussian_blur(x[i], sigma[i], 5), atol=1e-6)
+  sat, shift = [0.6, 1.0, 1.2], [0.05, -0.1, 0.0]
+  draws = iter([tf.zeros(3), tf.ones(3), tf.constant(sat), tf.constant(shift),
+                tf.constant([[0.3, 0.4, 0.1, 0.2]] * 3)])  # order: saturation, hue, bright, contrast
+  out = augment._batch_color_jitter(x, 0.4, 0.4, 0.2, 0.1,
+                                    lambda minval=0.0, maxval=1.0, shape=(): next(draws))
+  for i in range(3):
+    expected = tf.clip_by_value(tf.image.adjust_hue(tf.clip_by_value(
+        tf.image.adjust_saturation(x[i], sat[i]), 0.0, 1.0), shift[i]), 0.0, 1.0)
+    np.testing.assert_allclose(out[i], expected, atol=2e-6)

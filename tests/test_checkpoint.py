@@ -420,7 +420,8 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   directory it removes."""
   model_dir, tmp, logs = tmp_path / 'run', tmp_path / 'tmp', tmp_path
   tmp.mkdir()
-  plan = ['--gin_bindings=run.epochs=1']  # its own plan: 10 steps
+  # Its own plan: 2 epochs of 10 steps (a resume then runs both of _fit_from's fit() calls).
+  plan = ['--gin_bindings=run.epochs=2']
   procs = start_workers(model_dir, learnable_fmnist, plan, tmp, logs)
   deadline = time.time() + 240
   while not [s for s in checkpoint_steps(model_dir) if s >= 4]:
@@ -431,7 +432,7 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
   procs[1].send_signal(signal.SIGTERM)
   outs = finish_workers(procs, logs)
   stopped = checkpoint_steps(model_dir)[-1]
-  assert stopped < STEPS_PER_EPOCH
+  assert stopped < STEPS_PER_EPOCH  # stopped in epoch 1: the rerun finishes it, then epoch 2
   # Each worker's last save is of the step the chief's newest checkpoint holds; the chief's
   # saves went to the model dir, the other worker's elsewhere.
   chief, other = saves(outs[0]), saves(outs[1])
@@ -452,10 +453,10 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
 
   finish_workers(start_workers(model_dir, learnable_fmnist, plan, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
-  assert results['final_step'] == STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
+  assert results['final_step'] == 2 * STEPS_PER_EPOCH and results['resumed_from_step'] == stopped
   assert 'preempted' not in results
   with open(model_dir / 'export' / 'export_info.json') as f:
-    assert json.load(f)['step'] == STEPS_PER_EPOCH
+    assert json.load(f)['step'] == 2 * STEPS_PER_EPOCH
   assert sorted(os.listdir(model_dir)) == sorted([
       'checkpoints', 'checkpoint.weights.h5', 'config.gin', 'curves.json', 'export',
       'operative_config.gin', 'results.json', 'run_identity.json', 'tensorboard',
@@ -468,7 +469,7 @@ def test_two_workers_stop_together_on_one_sigterm_and_keep_one_set_of_files(
                              '--gin_bindings=run.baselines=False']
   finish_workers(start_workers(model_dir, learnable_fmnist, evaluation, tmp, logs), logs)
   results = json.load(open(model_dir / 'results.json'))
-  assert results['eval_step'] == STEPS_PER_EPOCH and results['replicas'] == 2
+  assert results['eval_step'] == 2 * STEPS_PER_EPOCH and results['replicas'] == 2
   assert not os.listdir(tmp), os.listdir(tmp)
   code, out = run_cli(model_dir, learnable_fmnist, evaluation)
   assert code == 0, out[-3000:]

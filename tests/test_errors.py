@@ -107,9 +107,9 @@ def results(model_dir):
 # --- Validation before work: (bindings, what the message must name) ----------------------------
 BAD_SETTINGS = [
     (['run.epochs=0'], 'run.epochs = 0 is not allowed: it must be an integer >= 1'),
-    (["run.mixed_precision='mixed_float16'", 'run.steps_per_execution=3'],
-     "run.mixed_precision = 'mixed_float16' with run.steps_per_execution = 3: the float16 loss "
-     'scaling skips steps without counting them'),
+    (["run.mixed_precision='mixed_float16'"],
+     "run.mixed_precision = 'mixed_float16' cannot train a run: its loss scaling skips steps "
+     'without counting them'),
     (['run.steps_per_execution=2'], 'run.steps_per_execution = 2 does not divide the 3 steps '
      'of an epoch (Keras would run whole executions past the epoch\'s end). Fix: bind '
      'run.steps_per_execution to a divisor of 3 (e.g. 1 or 3)'),
