@@ -53,10 +53,15 @@ def main():
                       help='count the EMA target forward pass: as the config says, or not')
   args = parser.parse_args()
   config.parse_gin([args.gin_file], [])
-  try:
-    use_target = bool(gin.query_parameter('build_model.use_target'))
-  except ValueError:  # unbound: the method's default (MINC: off)
-    use_target = False
+  def bound(name, default):
+    try:
+      return gin.query_parameter(name)
+    except ValueError:
+      return default
+
+  use_target = bound('build_model.use_target', None)
+  if use_target is None:  # the method's default (model.build_model): on for BYOL's
+    use_target = bound('build_model.method', 'minc') in ('byol', 'linear_byol')
   if args.target != 'config':
     use_target = args.target == 'on'
   args.no_target = not use_target

@@ -61,7 +61,8 @@ def _embedding_function(encoder, strategy, cache):
   """A traced function embedding a distributed batch; kept in `cache` (a dict the caller
   owns, such as the Monitor, which calls again every epoch: a new tf.function would retrace,
   on TPU recompile) so that it lives no longer than its caller."""
-  if cache is not None and 'embed' in cache:
+  owner = cache.get('for') if cache is not None else None
+  if owner is not None and owner[0] is encoder and owner[1] is strategy:
     return cache['embed']
 
   @tf.function
@@ -70,7 +71,7 @@ def _embedding_function(encoder, strategy, cache):
                         args=(images, labels, valid))
 
   if cache is not None:
-    cache['embed'] = embed
+    cache.update(embed=embed, **{'for': (encoder, strategy)})
   return embed
 
 

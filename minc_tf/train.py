@@ -264,7 +264,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   augment_on_device: the input pipeline makes the crops, the model the rest of the views
     (flip, colour, blur, solarize) inside train_step, as BYOL does on TPU.
   mixed_precision: None or a Keras policy ('mixed_bfloat16' on TPU); losses, the summary
-    statistic and the EMA updates stay in float32.
+    statistic and the EMA updates stay in float32. 'mixed_float16' cannot train (its loss
+    scaling skips steps without counting them; the step count is the run's clock).
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
@@ -712,8 +713,9 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
   out = {}
 
   def probe(name, enc):
-    tr_x, tr_y = evaluate.extract_features(enc, train_ds, strategy)
-    te_x, te_y = evaluate.extract_features(enc, test_ds, strategy)
+    cache = {}  # one traced function for both splits
+    tr_x, tr_y = evaluate.extract_features(enc, train_ds, strategy, cache=cache)
+    te_x, te_y = evaluate.extract_features(enc, test_ds, strategy, cache=cache)
     out[f'{name}_top1'] = evaluate.linear_probe(tr_x, tr_y, te_x, te_y, data.num_classes)
     if knn and name == 'probe':
       out['knn_top1'] = evaluate.knn_accuracy(tr_x, tr_y, te_x, te_y, data.num_classes)

@@ -96,8 +96,8 @@ def kill_at_random_step(model_dir, idx_dir, sig, rng):
   return proc.returncode, out.decode()
 
 
-# SIGKILL's and SIGTERM's resumes are checked bit for bit in
-# test_interrupted_runs_resume_bit_for_bit (a SIGKILL first here too was cut for suite time).
+# SIGKILL's resume is checked bit for bit in test_interrupted_runs_resume_bit_for_bit (a
+# SIGKILL first here too was cut for suite time); SIGTERM's CLI resume in the two-worker test.
 def test_ctrl_c_then_rerun_resumes_and_finishes_at_planned_step(tmp_path, learnable_fmnist):
   rng = random.Random(0)
   model_dir = str(tmp_path / 'run')

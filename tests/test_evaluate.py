@@ -139,3 +139,16 @@ def test_features_through_mirrored_strategy_equal_one_device_and_keep_order(mirr
   np.testing.assert_allclose(f1, enc(x).numpy(), rtol=1e-6, atol=1e-6)
   with pytest.raises(UserError, match='run.eval_batch_size = 3 does not divide by the 2'):
     evaluate.extract_features(enc, tf.data.Dataset.from_tensor_slices((x, y)).batch(3), mirrored)
+  # A caller's cache (the Monitor's, every epoch): one traced function while the encoder and
+  # strategy are the same, a new one for another encoder.
+  cache = {}
+  np.testing.assert_allclose(evaluate.extract_features(enc, ds, mirrored, cache=cache)[0], f2)
+  first = cache['embed']
+  for _ in range(2):
+    np.testing.assert_allclose(evaluate.extract_features(enc, ds, mirrored, cache=cache)[0], f2)
+  assert cache['embed'] is first and first.experimental_get_tracing_count() == 1
+  with mirrored.scope():
+    other = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3),
+                              keras.layers.GlobalAveragePooling2D()])
+  f3, _ = evaluate.extract_features(other, ds, mirrored, cache=cache)
+  np.testing.assert_allclose(f3, other(x).numpy(), rtol=1e-6, atol=1e-6)
