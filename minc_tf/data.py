@@ -28,6 +28,8 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 _FMNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
                  'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+# The held-out validation split is the same for every run and seed (load_data.validation_examples).
+VALIDATION_SEED = 20250422
 
 
 def read_idx(path):
@@ -50,6 +52,20 @@ def read_idx(path):
     raise UserError(f'{path} is truncated: expected {int(np.prod(shape))} values, found '
                     f'{array.size}; re-download or re-install it.')
   return array.reshape(shape)
+
+
+def hold_out(arrays, count):
+  """arrays with `count` training examples moved to a 'validation' split: a permutation fixed
+  by VALIDATION_SEED, so every run, seed and method sees the same split."""
+  images, labels = arrays['train']
+  if count >= len(labels):
+    raise UserError(f'load_data.validation_examples={count} leaves no training images (the '
+                    f'training split has {len(labels)}). Fix: bind load_data.validation_examples to '
+                    'fewer (10000 of Fashion-MNIST\'s 60000).')
+  order = np.random.default_rng(VALIDATION_SEED).permutation(len(labels))
+  held, kept = np.sort(order[:count]), np.sort(order[count:])
+  return {**arrays, 'train': (images[kept], labels[kept]),
+          'validation': (images[held], labels[held])}
 
 
 def _fashion_mnist_arrays(idx_dir, data_dir):
@@ -101,20 +117,23 @@ class ImageData:
   """A labelled image dataset and the pipelines built from it.
 
   Attributes: name, image_shape (S, S, C), num_classes, num_train, mean, std, train_split,
-  eval_split. Exactly one source: `arrays` ({split: (uint8 images, labels)}), `builder` (a TFDS
-  builder, read with JPEG bytes undecoded) or `files` ({split: (paths, labels)}).
+  eval_split, test_split. Exactly one source: `arrays` ({split: (uint8 images, labels)}),
+  `builder` (a TFDS builder, read with JPEG bytes undecoded) or `files` ({split: (paths,
+  labels)}).
   """
 
   def __init__(self, name, image_size, channels, num_classes, num_train, mean, std, arrays=None,
                builder=None, files=None, train_split='train', eval_split='validation',
-               cache=False):
+               cache=False, test_split=None):
     self.name = name
     self.image_shape = (image_size, image_size, channels)
     self.num_classes = num_classes
     self.num_train = num_train
     self.mean, self.std = mean, std
     self._arrays, self._builder, self._files = arrays, builder, files
-    self.train_split, self.eval_split = train_split, eval_split
+    # test_split: a split read only when asked (run.report_test), beside eval_split, for a
+    # final configuration chosen on eval_split (None: the data has no separate test split).
+    self.train_split, self.eval_split, self.test_split = train_split, eval_split, test_split
     self._cache = cache
 
   # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
@@ -460,7 +479,7 @@ def _folder_source(image_dir, on_corrupt, eval_every):
 def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
               image_dir=None, channels=3, on_corrupt='skip', eval_every=10,
               train_split='train', eval_split='validation', num_train=None, mean=None, std=None,
-              cache=False):
+              cache=False, validation_examples=None):
   """Returns the ImageData for `name`: 'fashion_mnist', 'image_folder' or a TFDS dataset name.
 
   data_dir: TFDS data dir (local path or gs://); idx_dir: where the Fashion-MNIST IDX files are
@@ -472,12 +491,22 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
   mean / std: normalisation (ImageNet's for RGB datasets unless given).
   cache: keep the encoded examples of file-backed sources in memory after the first pass (for
     datasets that fit; in-memory sources need none).
+  validation_examples ('fashion_mnist'): hold out this many training images (the same ones for
+    every run: VALIDATION_SEED) as the 'validation' split that evaluation reads; pretraining and
+    the probe's training use the rest, and the test split is read only with run.report_test.
+    (TFDS datasets slice instead: train_split='train[10000:]', eval_split='train[:10000]'.)
   """
   require('load_data.image_size', image_size, int_at_least(1))
   require('load_data.channels', channels, one_of((1, 3)))
   require('load_data.on_corrupt', on_corrupt, one_of(('skip', 'fail')))
   require('load_data.eval_every', eval_every, int_at_least(2))
   require('load_data.num_train', num_train, int_at_least(1, optional=True))
+  require('load_data.validation_examples', validation_examples, int_at_least(1, optional=True))
+  if validation_examples is not None and name != 'fashion_mnist':
+    raise UserError(f'load_data.validation_examples holds out images of in-memory datasets '
+                    f'(fashion_mnist), not of {name!r}. Fix: unbind it; for a TFDS dataset slice '
+                    "the splits instead, e.g. load_data.train_split = 'train[10000:]' and "
+                    "load_data.eval_split = 'train[:10000]'.")
   positive = real_in(0, math.inf, low_open=True, high_open=True)
   require('load_data.std', std, (lambda v: v is None or positive[0](v) or each(positive)[0](v),
                                  'None, a number > 0 or a list of numbers > 0 (per channel)'))
@@ -490,9 +519,13 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
                      train_split='train', eval_split='validation', cache=cache)
   if name == 'fashion_mnist':
     arrays = _fashion_mnist_arrays(idx_dir, data_dir)
+    splits = dict(train_split='train', eval_split='test')
+    if validation_examples is not None:
+      arrays = hold_out(arrays, validation_examples)
+      splits = dict(train_split='train', eval_split='validation', test_split='test')
     return ImageData(name, image_size, 1, 10, len(arrays['train'][0]),
                      mean or FASHION_MNIST_MEAN, std or FASHION_MNIST_STD, arrays=arrays,
-                     train_split='train', eval_split='test')
+                     **splits)
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)

@@ -82,12 +82,14 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch
 
   Features are standardised with the training statistics; the probe is trained with Adam on
   mini-batches (a fixed, cheap protocol so that encoders compare on equal terms; the BYOL
-  protocol for ImageNet is the offline evaluation in the gin configs).
+  protocol for ImageNet is the offline evaluation in the gin configs). test_x and test_y may be
+  lists of arrays (a validation and a test split): one probe is trained and a list returned.
   """
+  several = isinstance(test_x, (list, tuple))
+  tests = list(zip(test_x, test_y)) if several else [(test_x, test_y)]
   mean = train_x.mean(0, keepdims=True)
   std = train_x.std(0, keepdims=True) + 1e-6
   train_x = (train_x - mean) / std
-  test_x = (test_x - mean) / std
   rng = np.random.default_rng(seed)
   dim = train_x.shape[1]
   w = tf.Variable(tf.zeros([dim, num_classes]))
@@ -108,8 +110,9 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch
     for start in range(0, n, batch_size):
       idx = order[start:start + batch_size]
       step(tf.constant(train_x[idx]), tf.constant(train_y[idx]))
-  pred = np.argmax(test_x @ w.numpy() + b.numpy(), axis=1)
-  return 100.0 * float(np.mean(pred == test_y))
+  scores = [100.0 * float(np.mean(np.argmax(((x - mean) / std) @ w.numpy() + b.numpy(), axis=1)
+                                        == y)) for x, y in tests]
+  return scores if several else scores[0]
 
 
 @gin.configurable

@@ -58,7 +58,8 @@ def main(argv):
     if FLAGS.mode == 'study':
       from minc_tf import study
       rows = study.run_study(FLAGS.model_dir, strategy,
-                             allow_config_change=FLAGS.allow_config_change)
+                             allow_config_change=FLAGS.allow_config_change,
+                             command_line=(FLAGS.gin_file, FLAGS.gin_bindings))
       results = {r['variant']: r.get('probe_top1') for r in rows}
     else:
       results = train.run(FLAGS.mode, FLAGS.model_dir, strategy,

@@ -111,3 +111,32 @@ def plot_study(rows, path, title=''):
     fig.suptitle(title, fontsize=10)
   tf.io.gfile.makedirs(os.path.dirname(path) or '.')  # gs:// and ram:// too
   return _save(fig, plt, path)
+
+
+def plot_differences(differences, path, xlabel, title=''):
+  """MINC minus Spectral (probe and kNN top-1) per sweep cell with +- 1 std error bars.
+
+  differences: study.sweep_differences' entries ('x', 'probe' and 'knn' as (mean, std)).
+  """
+  plt = _pyplot()
+  if plt is None or not differences:
+    return None
+  fig, ax = plt.subplots(figsize=(6, 3.6))
+  xs = [d['x'] for d in differences]
+  for key, label, shift in (('probe', 'linear probe', 0.97), ('knn', 'kNN', 1.03)):
+    points = [(x * shift, d[key]) for x, d in zip(xs, differences) if key in d]
+    if points:
+      ax.errorbar([x for x, _ in points], [m for _, (m, _) in points],
+                  yerr=[s for _, (_, s) in points], marker='o', capsize=3, label=label)
+  ax.axhline(0.0, color='grey', lw=0.8)
+  ax.set_xscale('log', base=2)
+  ax.set_xticks(xs)
+  ax.set_xticklabels([str(x) for x in xs])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('MINC - Spectral top-1 (points)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=10)
+  tf.io.gfile.makedirs(os.path.dirname(path) or '.')
+  return _save(fig, plt, path)

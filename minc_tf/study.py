@@ -7,145 +7,336 @@ base gin files plus the variant's bindings; the table goes to <model_dir>/<name>
 (and to `table_path` when given, e.g. docs/ablation.md).
 """
 
+import ast
 import json
 import os
 import platform
+import re
 import time
 
 from absl import logging
 import gin
 import keras
+import numpy as np
 import tensorflow as tf
 
 from minc_tf import files
 from minc_tf import monitor
 from minc_tf import plots
+from minc_tf.errors import UserError
 
-# Variants of MINC's open choices (docs/method.md), each a list of gin bindings.
+# Variants of MINC's open choices (docs/method.md), each a list of gin bindings, on the study's
+# base (gin/study_ablation.gin runs a fractional design of its own: run_study.variants).
 ABLATION = {
-    # The base: the MINC defaults when the ablation ran (gin/study_ablation.gin pins them).
-    'EMA target, decay 0.99, full M (the earlier default)': [],
-    'summary decay 0.9': ['build_model.summary_decay = 0.9'],
-    'summary decay 0 (batch only)': ['build_model.summary_decay = 0.0'],
-    'lower triangular (GHA)': ['build_model.lower_triangular = True'],
-    'no target network (sg online)': ['build_model.use_target = False'],
-    'no target + lower triangular': ['build_model.use_target = False',
-                                     'build_model.lower_triangular = True'],
+    'no target, decay 0 (batch only)': [],
+    'no target, decay 0.99': ['build_model.summary_decay = 0.99'],
+    'EMA target, decay 0': ['build_model.use_target = True'],
+    'EMA target, decay 0.99': ['build_model.use_target = True',
+                               'build_model.summary_decay = 0.99'],
     'spectral contrastive (reference)': ["build_model.method = 'spectral'"],
 }
 
+# Summary columns of a study's table: (results key, header), mean +- std over the seeds.
+_COLUMNS = (('probe_top1', 'probe top-1'), ('knn_top1', 'kNN top-1'),
+            ('test_probe_top1', 'test probe top-1'), ('test_knn_top1', 'test kNN top-1'),
+            ('feature_effective_rank', 'feature eff. rank'), ('final_loss', 'final loss'),
+            ('pretrain_wall_time_s', 'pretrain s'))
 
-def _batch_sweep(batch_sizes):
-  return {f'{method} B={b}': [f"build_model.method = '{method}'", f'run.global_batch_size = {b}']
-          for b in batch_sizes for method in ('minc', 'spectral')}
+
+def _sweep(axis, values, minc_decays, pretrain_pairs, batch_size=None):
+  """MINC (each summary decay) and Spectral at every value of `axis` ('batch' or 'width'):
+  {label: bindings}. pretrain_pairs: the same number of view pairs for every batch size."""
+  variants = {}
+  for v in values:
+    b = v if axis == 'batch' else batch_size
+    cell = [f'run.global_batch_size = {b}'] if b else []
+    if axis == 'width':
+      cell.append(f'build_model.projector_dim = {v}')
+    if pretrain_pairs:
+      cell.append(f'run.steps_per_epoch = {max(pretrain_pairs // b, 1)}')
+    tag = f'B={v}' if axis == 'batch' else f'k={v}'
+    for decay in minc_decays:
+      variants[f'minc decay={decay} {tag}'] = (["build_model.method = 'minc'",
+                                                f'build_model.summary_decay = {decay}'] + cell)
+    variants[f'spectral {tag}'] = ["build_model.method = 'spectral'"] + cell
+  return variants
 
 
-def gradient_noise_to_signal(model, dataset, num_batches):
+def gradient_noise_to_signal(model, dataset, num_batches, summary_noise=True):
   """E||g - mean g||^2 / ||mean g||^2 over `num_batches` minibatch gradients of the SSL loss
-  w.r.t. the online encoder and projector, at fixed weights, summary and target."""
+  w.r.t. the online encoder and projector, at fixed weights and target.
+
+  summary_noise: MINC's summary takes each batch in as a training step would (decay * M +
+  (1 - decay) * the batch's moment, from the same stored M each time, which is restored after),
+  so its estimation noise from the current batch is part of the measured noise; False holds
+  the stored M constant. The summary's variance over earlier batches (its history) is not
+  resampled: the measure is conditional on the trained state.
+  """
   variables = model.encoder.trainable_variables + model.projector.trainable_variables
+  summary = getattr(model, 'summary', None)
   grads = []
   for (x1, x2), _ in dataset.take(num_batches):
+    kept = (summary.numpy(), model.summary_steps.numpy()) if summary is not None else None
     with tf.GradientTape() as tape:
-      loss, _, _, _ = model.compute_ssl_loss(x1, x2, training=True, update_summary=False)
+      loss, _, _, _ = model.compute_ssl_loss(x1, x2, training=True,
+                                             update_summary=summary_noise and kept is not None)
     grads.append(tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, variables)], 0))
+    if kept is not None:
+      summary.assign(kept[0])
+      model.summary_steps.assign(kept[1])
+  if len(grads) < 2:
+    raise UserError(f'The gradient noise needs at least 2 batches; the dataset gave '
+                    f'{len(grads)}. Fix: raise run_study.num_batches or use more data.')
   g = tf.stack(grads).numpy().astype('float64')
   mean = g.mean(axis=0)
   noise = ((g - mean) ** 2).sum(axis=1).mean()
   return float(noise / max((mean ** 2).sum(), 1e-30))
 
 
-def _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes, pretrain_steps,
-                    num_batches):
+def _variance_study(base_gin_files, bindings_for, batch_sizes, pretrain_steps, num_batches,
+                    seeds, train_batch_size):
   """Noise-to-signal of MINC and Spectral gradients per batch size, at initialisation and after
-  `pretrain_steps` steps of each method's own training (MINC's summary and target as trained)."""
+  `pretrain_steps` steps of each method's own training (MINC's summary and target as trained),
+  for every seed (the initialisation, the training data order and the measured batches)."""
   from minc_tf import config
   from minc_tf import data as data_lib
   from minc_tf import model as model_lib
   from minc_tf import optim
   rows = []
-  for method in ('minc', 'spectral'):
-    gin.clear_config()
-    keras.backend.clear_session()
-    config.parse_gin(list(base_gin_files), list(common_bindings) +
-                     [f"build_model.method = '{method}'"])
-    keras.utils.set_random_seed(0)
-    data = data_lib.load_data()
-    model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
-                                  total_steps=max(pretrain_steps, 1))
-    batch = 256
-    model.compile(optimizer=optim.build_optimizer(batch, max(pretrain_steps, 1), 1))
-    model.optimizer.build(model.online_variables)
-    for stage, steps in (('init', 0), (f'after {pretrain_steps} steps', pretrain_steps)):
-      if steps:
-        model.fit(data.pretrain_dataset(batch, seed=0), steps_per_epoch=steps, epochs=1,
-                  verbose=0)
-      for b in batch_sizes:
-        ratio = gradient_noise_to_signal(model, data.pretrain_dataset(b, seed=1), num_batches)
-        rows.append({'method': method, 'stage': stage, 'batch_size': b, 'noise_to_signal': ratio})
+  for seed in seeds:
+    for method in ('minc', 'spectral'):
+      gin.clear_config()
+      keras.backend.clear_session()
+      config.parse_gin(list(base_gin_files), bindings_for([f"build_model.method = '{method}'"],
+                                                         seed))
+      keras.utils.set_random_seed(seed)
+      data = data_lib.load_data()
+      model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
+                                    total_steps=max(pretrain_steps, 1))
+      model.compile(optimizer=optim.build_optimizer(train_batch_size, max(pretrain_steps, 1), 1))
+      model.optimizer.build(model.online_variables)
+      for stage, steps in (('init', 0), (f'after {pretrain_steps} steps', pretrain_steps)):
+        if steps:
+          model.fit(data.pretrain_dataset(train_batch_size, seed=seed), steps_per_epoch=steps,
+                    epochs=1, verbose=0)
+        for b in batch_sizes:
+          # Measured batches come from another stream than training's (seed + 1000).
+          ratio = gradient_noise_to_signal(model, data.pretrain_dataset(b, seed=seed + 1000),
+                                           num_batches)
+          rows.append({'method': method, 'stage': stage, 'batch_size': b, 'seed': seed,
+                       'num_batches': num_batches, 'noise_to_signal': ratio})
+          logging.info('variance: %s', rows[-1])
   return rows
 
 
-@gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change'])
+def _seed_of(bindings):
+  """The run.seed a list of command-line bindings sets, or None."""
+  seed = None
+  for binding in bindings:
+    for line in binding.splitlines():
+      m = re.match(r'\s*run\.seed\s*=\s*(.+?)\s*$', line)
+      if m:
+        seed = ast.literal_eval(m.group(1))
+  return seed
+
+
+@gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change', 'command_line'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
-              common_bindings=(), batch_sizes=(64, 128, 256, 512), table_path=None,
-              baselines_once=True, pretrain_steps=200, num_batches=16, variants=None,
-              allow_config_change=False):
-  """Runs every variant of study `name` ('ablation', 'batch_sweep' or 'variance') and writes
-  the table. `variants` ({label: [bindings]}) replaces the study's own list. A variant stopped
-  by SIGTERM or Ctrl-C stops the study (its table holds the variants done); rerunning the
-  command resumes it. allow_config_change: main's flag, for every variant's train.run."""
+              common_bindings=(), seeds=(0,), variants=None, batch_sizes=(64, 128, 256, 512),
+              widths=(64, 256, 1024, 2048), sweep_batch_size=64, minc_decays=(0.0, 0.99),
+              pretrain_pairs=None, table_path=None, baselines_once=True, pretrain_steps=200,
+              num_batches=32, variance_batch_size=256, allow_config_change=False,
+              command_line=((), ())):
+  """Runs every variant of study `name` for every seed and writes the table (mean +- std over
+  the seeds). A finished run (its bindings unchanged) is read back, not rerun.
+
+  name: 'ablation' (ABLATION, or `variants`), 'batch_sweep' / 'width_sweep' (MINC at each of
+    `minc_decays` and Spectral at each of `batch_sizes`, or each projector width in `widths` at
+    `sweep_batch_size`; pretrain_pairs: the same view pairs per run), 'variance', or any name
+    with `variants` ({label: [bindings]}).
+  Every run parses base_gin_files, common_bindings, the variant's bindings, `run.seed = s`, and
+  then the command line's gin files and bindings (command_line, from main: they win, as on any
+  command line; a run.seed there replaces `seeds`, and with several seeds it is an error).
+  A run stopped by SIGTERM or Ctrl-C stops the study (its table holds the runs done); rerunning
+  the command resumes it. allow_config_change: main's flag, for every variant's train.run.
+  """
   from minc_tf import config
   from minc_tf import train
+  cli_files, cli_bindings = (list(x) for x in command_line)
+  cli_seed = _seed_of(cli_bindings)
+  seeds = list(seeds)
+  if cli_seed is not None:
+    if len(seeds) > 1 and seeds != [cli_seed]:
+      raise UserError(f'--gin_bindings sets run.seed = {cli_seed}, but run_study.seeds = '
+                      f'{tuple(seeds)} runs every variant at each seed. Fix: bind '
+                      f'run_study.seeds = ({cli_seed},) instead.')
+    seeds = [cli_seed]
+  if not seeds:
+    raise UserError('run_study.seeds is empty. Fix: give at least one seed, e.g. (0, 1, 2).')
+
+  def bindings_for(bindings, seed):
+    return list(common_bindings) + list(bindings) + [f'run.seed = {seed}'] + cli_bindings
+
+  base_gin_files = list(base_gin_files) + cli_files
   chief = strategy.extended.should_checkpoint  # a multi-worker study's other workers write nothing
   if name == 'variance':
-    rows = _variance_study(model_dir, base_gin_files, common_bindings, batch_sizes,
-                           pretrain_steps, num_batches)
+    rows = _variance_study(base_gin_files, bindings_for, batch_sizes, pretrain_steps,
+                           num_batches, seeds, variance_batch_size)
     if chief:
       _write_variance(model_dir, rows, table_path)
-    return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']}",
+    return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']} seed={r['seed']}",
              'probe_top1': r['noise_to_signal']} for r in rows]
   if variants is None:
-    variants = ABLATION if name == 'ablation' else _batch_sweep(batch_sizes)
+    if name == 'batch_sweep':
+      variants = _sweep('batch', batch_sizes, minc_decays, pretrain_pairs)
+    elif name == 'width_sweep':
+      variants = _sweep('width', widths, minc_decays, pretrain_pairs, sweep_batch_size)
+    else:
+      variants = ABLATION
   variants = {label: list(b) for label, b in variants.items()}
+  if not variants:
+    raise UserError(f'Study {name!r} has no variants. Fix: bind run_study.variants.')
   operative = gin.config_str()
   if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
     monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
                                                     for bindings in variants.values()
                                                     for b in bindings}))
   rows = []
-  for i, (label, bindings) in enumerate(variants.items()):
-    gin.clear_config()
-    keras.backend.clear_session()
-    extra = [] if (i == 0 or not baselines_once) else ['run.baselines = False']
-    config.parse_gin(list(base_gin_files), list(common_bindings) + bindings + extra)
-    start = time.time()
-    result = train.run('train_and_eval', os.path.join(model_dir, f'variant{i}'), strategy,
-                       allow_config_change=allow_config_change)
-    if result.get('preempted'):
-      logging.warning('%s stopped variant %d (%s); rerun the same command to resume the study.',
-                      result['preempted'], i, label)
-      break
-    result.update(variant=label, bindings=bindings, total_wall_time_s=round(time.time() - start, 1))
-    rows.append(result)
-    if chief:
-      _write(model_dir, name, rows, table_path, operative)
+  for seed in seeds:
+    for i, (label, bindings) in enumerate(variants.items()):
+      first = i == 0  # each seed's baselines: its random-init encoder differs
+      extra = [] if (first or not baselines_once) else ['run.baselines = False']
+      full = bindings_for(bindings + extra, seed)
+      run_dir = os.path.join(model_dir, f'variant{i}', f'seed{seed}')
+      row = _finished(run_dir, base_gin_files, full)
+      if row is None:
+        gin.clear_config()
+        keras.backend.clear_session()
+        config.parse_gin(base_gin_files, full)
+        start = time.time()
+        result = train.run('train_and_eval', run_dir, strategy,
+                           allow_config_change=allow_config_change)
+        if result.get('preempted'):
+          logging.warning('%s stopped variant %d (%s), seed %d; rerun the same command to '
+                          'resume the study.', result['preempted'], i, label, seed)
+          return rows
+        row = dict(result, variant=label, seed=seed, bindings=bindings,
+                   total_wall_time_s=round(time.time() - start, 1))
+        if chief:
+          tf.io.gfile.makedirs(run_dir)
+          files.write(os.path.join(run_dir, STUDY_RUN), json.dumps(
+              {'gin_files': base_gin_files, 'bindings': full, 'row': row}, indent=2))
+      rows.append(row)
+      if chief:
+        _write(model_dir, name, rows, table_path, operative)
   return rows
+
+
+STUDY_RUN = 'study_run.json'
+
+
+def _finished(run_dir, gin_files, bindings):
+  """The row of a finished run of exactly these files and bindings, else None."""
+  path = os.path.join(run_dir, STUDY_RUN)
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      done = json.loads(f.read())
+  except (ValueError, UnicodeDecodeError):
+    return None
+  if done.get('gin_files') != gin_files or done.get('bindings') != bindings:
+    logging.warning('%s was run with other settings; running it again.', run_dir)
+    return None
+  logging.info('%s: finished earlier, read back.', run_dir)
+  return done['row']
+
+
+def summarize(rows):
+  """Per variant (in order of first appearance): {'variant', 'n', key: (mean, std)} over its
+  seeds; std is the sample standard deviation (0 for one seed)."""
+  out = {}
+  for r in rows:
+    out.setdefault(r['variant'], []).append(r)
+  table = []
+  for label, group in out.items():
+    entry = {'variant': label, 'n': len(group), 'seeds': [r.get('seed') for r in group]}
+    for key, _ in _COLUMNS:
+      values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+      if values:
+        entry[key] = (float(np.mean(values)),
+                      float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+    table.append(entry)
+  return table
+
+
+def sweep_differences(rows):
+  """MINC minus Spectral per sweep cell ('B=64', 'k=256', ...): MINC's summary decay chosen by
+  the mean validation probe in that cell, then the per-seed differences (paired by seed), mean
+  +- std. Returns [{'cell', 'x', 'decay', 'n', 'probe': (mean, std), 'knn': (mean, std)}]."""
+  cells = {}
+  for r in rows:
+    m = re.match(r'(minc decay=(\S+)|spectral) ([Bk])=(\d+)$', r['variant'])
+    if m:
+      key = 'spectral' if m.group(2) is None else float(m.group(2))
+      cells.setdefault((m.group(3), int(m.group(4))), {}).setdefault(key, {})[r['seed']] = r
+  out = []
+  for (axis, x), by in sorted(cells.items()):
+    spectral = by.pop('spectral', {})
+    if not by or not spectral:
+      continue
+    decay = max(by, key=lambda d: np.mean([r['probe_top1'] for r in by[d].values()]))
+    seeds = sorted(set(by[decay]) & set(spectral))
+    entry = {'cell': f'{axis}={x}', 'x': x, 'decay': decay, 'n': len(seeds)}
+    for key, name in (('probe_top1', 'probe'), ('knn_top1', 'knn')):
+      diffs = [by[decay][s][key] - spectral[s][key] for s in seeds]
+      if diffs:
+        entry[name] = (float(np.mean(diffs)),
+                       float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+    out.append(entry)
+  return out
+
+
+def _pm(value, digits=2):
+  """'mean +- std' of a (mean, std) pair ('-' when missing)."""
+  if value is None:
+    return '-'
+  return f'{value[0]:.{digits}f} +- {value[1]:.{digits}f}'
+
+
+def _mean_std(values):
+  return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
 
 
 def _write_variance(model_dir, rows, table_path):
   tf.io.gfile.makedirs(model_dir)
   files.write(os.path.join(model_dir, 'variance.json'), json.dumps(rows, indent=2))
-  lines = ['| stage | batch | MINC noise/signal | Spectral noise/signal | MINC / Spectral |',
-           '|---|---|---|---|---|']
-  index = {(r['method'], r['stage'], r['batch_size']): r['noise_to_signal'] for r in rows}
-  for stage, b in sorted({(r['stage'], r['batch_size']) for r in rows},
-                         key=lambda k: (k[0] != 'init', k[1])):
-    m, s = index[('minc', stage, b)], index[('spectral', stage, b)]
-    lines.append(f'| {stage} | {b} | {m:.3g} | {s:.3g} | {m / s:.2f} |')
+  lines = ['| stage | batch | seeds | MINC noise/signal | Spectral noise/signal | '
+           'MINC / Spectral |', '|---|---|---|---|---|---|']
+  index = {}
+  for r in rows:
+    index.setdefault((r['stage'], r['batch_size']), {}).setdefault(r['method'], {})[
+        r['seed']] = r['noise_to_signal']
+  for (stage, b), by in sorted(index.items(), key=lambda k: (k[0][0] != 'init', k[0][1])):
+    seeds = sorted(set(by.get('minc', {})) & set(by.get('spectral', {})))
+    if not seeds:
+      continue
+    m = [by['minc'][s] for s in seeds]
+    sp = [by['spectral'][s] for s in seeds]
+    ratio = [a / c for a, c in zip(m, sp)]
+    lines.append(f'| {stage} | {b} | {len(seeds)} | {_pm(_mean_std(m), 3)} | '
+                 f'{_pm(_mean_std(sp), 3)} | {_pm(_mean_std(ratio))} |')
   lines.append('\nNoise-to-signal: E||g - mean g||^2 / ||mean g||^2 over minibatch gradients of '
                'the online encoder and projector at fixed weights (scale-free, so the two losses '
-               f'compare). Machine: {platform.machine()}, {os.cpu_count()} CPUs.')
+               'compare); MINC\'s summary takes in each measured batch as a training step would. '
+               'Mean +- std over seeds (the ratio per seed, then its mean). Machine: '
+               f'{platform.machine()}, {os.cpu_count()} CPUs.')
+  counts = sorted({r['num_batches'] for r in rows if 'num_batches' in r})
+  if counts:
+    lines.append(f'\n{counts[0]} batches per estimate: when the mean gradient is small against '
+                 f'its noise the estimate tends to n - 1 = {counts[0] - 1} (the squared norm of '
+                 'the mean of n pure-noise gradients is the noise / n), so figures near it say '
+                 'only that the mean gradient is not resolved.')
   text = '\n'.join(lines) + '\n'
   for path in filter(None, [os.path.join(model_dir, 'variance.md'), table_path]):
     files.write(path, text)
@@ -154,27 +345,53 @@ def _write_variance(model_dir, rows, table_path):
 def _write(model_dir, name, rows, table_path, operative):
   tf.io.gfile.makedirs(model_dir)
   files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
-  lines = ['| variant | probe top-1 | kNN top-1 | feature eff. rank | final loss | '
-           'pretrain s | images/s |', '|---|---|---|---|---|---|---|']
-  for r in rows:
-    lines.append(f"| {r['variant']} | {r.get('probe_top1', float('nan')):.2f} | "
-                 f"{r.get('knn_top1', float('nan')):.2f} | "
-                 f"{r.get('feature_effective_rank', float('nan')):.1f} | "
-                 f"{r.get('final_loss', float('nan')):.4f} | {r.get('pretrain_wall_time_s')} | "
-                 f"{r.get('images_per_s')} |")
-  base = rows[0]
-  if 'random_init_top1' in base:
-    pixels = (f"raw pixels {base['raw_pixel_top1']:.2f}" if 'raw_pixel_top1' in base else
-              f"raw pixels {base.get('raw_pixel_note', 'not measured')}")
-    lines.append(f"\nSame run, same probe: random-init encoder {base['random_init_top1']:.2f}, "
-                 f'{pixels}.')
+  table = summarize(rows)
+  shown = [(k, h) for k, h in _COLUMNS if any(k in e for e in table)]
+  lines = ['| variant | seeds | ' + ' | '.join(h for _, h in shown) + ' |',
+           '|---|---|' + '---|' * len(shown)]
+  for e in table:
+    cells = [_pm(e.get(k), 4 if k == 'final_loss' else 1 if k in (
+        'feature_effective_rank', 'pretrain_wall_time_s') else 2) for k, _ in shown]
+    lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
+  base = [r for r in rows if 'random_init_top1' in r]
+  if base:
+    line = ('\nSame runs, same probe: random-init encoder '
+            f"{_pm(_mean_std([r['random_init_top1'] for r in base]))} ({len(base)} seeds)")
+    if 'raw_pixel_top1' in base[0]:
+      line += f", raw pixels {base[0]['raw_pixel_top1']:.2f}"
+    tests = [r['test_random_init_top1'] for r in base if 'test_random_init_top1' in r]
+    if tests:
+      line += f'; on test: random-init {_pm(_mean_std(tests))}'
+      if 'test_raw_pixel_top1' in base[0]:
+        line += f", raw pixels {base[0]['test_raw_pixel_top1']:.2f}"
+    lines.append(line + '.')
+  splits = sorted({r.get('eval_split') for r in rows if r.get('eval_split')})
+  if splits:
+    lines.append(f"\nEvaluated on: {', '.join(splits)} (test columns: the test split, read "
+                 'once for a final configuration). Mean +- sample std over the seeds.')
+  differences = sweep_differences(rows)
+  if differences:
+    lines += ['\nMINC minus Spectral per cell (MINC\'s summary decay chosen by the mean '
+              'validation probe of the cell; differences paired by seed):\n',
+              '| cell | MINC decay | seeds | probe difference | kNN difference |',
+              '|---|---|---|---|---|']
+    for d in differences:
+      lines.append(f"| {d['cell']} | {d['decay']:g} | {d['n']} | {_pm(d.get('probe'))} | "
+                   f"{_pm(d.get('knn'))} |")
   lines.append(f'\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow '
                f'{tf.__version__}, Keras {keras.__version__}.')
   lines.append('\nBase configuration (before each variant\'s bindings):\n\n```\n' + operative +
                '```\n')
   text = '\n'.join(lines) + '\n'
   png = os.path.join(model_dir, f'{name}.png')
-  drawn = plots.plot_study(rows, png, title=f'study: {name}')
+  if differences:
+    axis = 'global batch size B' if differences[0]['cell'].startswith('B') else (
+        'projector output width k')
+    drawn = plots.plot_differences(differences, png, xlabel=axis,
+                                   title=f'study: {name} (MINC minus Spectral)')
+  else:
+    drawn = plots.plot_study([r for r in rows if r.get('seed') == rows[0].get('seed')], png,
+                             title=f'study: {name}')
   for path in filter(None, [os.path.join(model_dir, f'{name}.md'), table_path]):
     files.write(path, text)
     copy = os.path.splitext(path)[0] + '.png'

@@ -36,7 +36,8 @@ MODES = ('train', 'eval', 'export', 'train_and_eval')
 # results.json figures of an evaluation, all of one checkpoint step ('eval_step').
 EVAL_KEYS = ('probe_top1', 'knn_top1', 'random_init_top1', 'raw_pixel_top1', 'feature_dim',
              'feature_effective_rank', 'eval_wall_time_s', 'linear_eval_top1',
-             'linear_eval_wall_time_s', 'eval_step')
+             'linear_eval_wall_time_s', 'eval_step', 'eval_split', 'test_probe_top1',
+             'test_knn_top1', 'test_random_init_top1', 'test_raw_pixel_top1')
 CHECKPOINT = 'checkpoint.weights.h5'
 
 
@@ -246,7 +247,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
-        knn=True, offline_linear_eval=False, tensorboard_update_freq=100,
+        knn=True, report_test=False, offline_linear_eval=False, tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
         checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
         allow_config_change=False):
@@ -269,6 +270,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
+  report_test: also score the probe and kNN on the data's test split (load_data.
+    validation_examples holds out a validation split, which evaluation reads otherwise): for a
+    final configuration, chosen on validation, read once.
   offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
     offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1'.
   feature_rank_every_steps / feature_rank_per_epoch / feature_rank_images: the effective rank
@@ -322,7 +326,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
 
   job = _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
                 steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
-                keep_checkpoints, allow_config_change)
+                keep_checkpoints, allow_config_change, report_test)
   try:
     if mode in TRAINING:
       start_step = _resume(job, seed)
@@ -340,7 +344,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       results['eval_step'] = job.checkpointer.step
       results.update(evaluate_encoders(job.model.encoder, job.data, eval_batch_size,
                                        eval_train_examples, eval_test_examples, baselines, knn,
-                                       strategy))
+                                       strategy, report_test))
       if offline_linear_eval:
         start = time.time()
         results['linear_eval_top1'] = evaluate.offline_linear_eval(job.model.encoder, job.data,
@@ -369,7 +373,7 @@ def _worker_dir(strategy, model_dir):
 
 def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
             steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
-            keep_checkpoints, allow_config_change):
+            keep_checkpoints, allow_config_change, report_test):
   """Data, model and optimizer (built up front: slots must exist before a checkpoint loads into
   them, and a lazy build inside fit fails under MultiWorkerMirroredStrategy), the memory and
   write checks, and the identity check. Nothing is written before every check has passed."""
@@ -379,6 +383,11 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
                     f'{replicas} replicas of this strategy. Fix: bind '
                     f'run.global_batch_size to a multiple of {replicas}.')
   data = data_lib.load_data()
+  if report_test and mode in ('eval', 'train_and_eval') and data.test_split is None:
+    raise UserError(f'run.report_test = True, but {data.name} has no test split apart from the '
+                    f'one evaluation reads ({data.eval_split!r}). Fix: bind '
+                    'load_data.validation_examples = 10000 (fashion_mnist) to hold out a '
+                    'validation split, or unbind run.report_test.')
   if global_batch_size > data.num_train:
     raise UserError(f'run.global_batch_size = {global_batch_size} is more than the '
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
@@ -703,22 +712,30 @@ RAW_PIXEL_MAX_FEATURES = 16384
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
-                      strategy=None):
+                      strategy=None, report_test=False):
   """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
-  are extracted on the strategy's replicas."""
+  are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
+  on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration."""
   strategy = strategy or tf.distribute.get_strategy()
   start = time.time()
   train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
-  test_ds = data.eval_dataset(data.eval_split, batch_size, limit=max_test)
+  splits = {'': data.eval_dataset(data.eval_split, batch_size, limit=max_test)}
+  if report_test:
+    splits['test_'] = data.eval_dataset(data.test_split, batch_size, limit=max_test)
   out = {}
 
   def probe(name, enc):
-    cache = {}  # one traced function for both splits
+    cache = {}  # one traced function for every split
     tr_x, tr_y = evaluate.extract_features(enc, train_ds, strategy, cache=cache)
-    te_x, te_y = evaluate.extract_features(enc, test_ds, strategy, cache=cache)
-    out[f'{name}_top1'] = evaluate.linear_probe(tr_x, tr_y, te_x, te_y, data.num_classes)
-    if knn and name == 'probe':
-      out['knn_top1'] = evaluate.knn_accuracy(tr_x, tr_y, te_x, te_y, data.num_classes)
+    held = {p: evaluate.extract_features(enc, ds, strategy, cache=cache)
+            for p, ds in splits.items()}
+    scores = evaluate.linear_probe(tr_x, tr_y, [x for x, _ in held.values()],
+                                   [y for _, y in held.values()], data.num_classes)
+    for prefix, score in zip(held, scores):
+      out[f'{prefix}{name}_top1'] = score
+      if knn and name == 'probe':
+        out[f'{prefix}knn_top1'] = evaluate.knn_accuracy(tr_x, tr_y, *held[prefix],
+                                                         data.num_classes)
     return tr_x
 
   feats = probe('probe', encoder)
@@ -736,6 +753,6 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
       out['raw_pixel_note'] = (f'skipped: {size} values per image (more than '
                                f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
                                'training images as features')
+  out['eval_split'] = data.eval_split
   out['eval_wall_time_s'] = round(time.time() - start, 1)
   return out
-

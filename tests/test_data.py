@@ -291,3 +291,31 @@ def test_empty_image_folder_is_a_clear_error(tmp_path):
   (tmp_path / 'cls').mkdir()
   with pytest.raises(UserError, match='No images found'):
     data_lib.load_data('image_folder', image_dir=str(tmp_path))
+
+
+def test_validation_is_a_fixed_hold_out_of_training_and_the_test_split_stays_apart(fake_fmnist):
+  """validation_examples: the same 16 training images for every load, disjoint from what
+  pretraining and the probe read; the test split is the IDX test set, untouched."""
+  train, test = _fake_arrays()['train'], _fake_arrays()['t10k']
+  d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28,
+                         validation_examples=16)
+  assert (d.num_train, d.train_split, d.eval_split, d.test_split) == (
+      48, 'train', 'validation', 'test')
+  again = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28,
+                             validation_examples=16)
+  key = lambda images: {im.tobytes() for im in images[..., 0]}  # noqa: E731
+  val, kept = key(d._arrays['validation'][0]), key(d._arrays['train'][0])
+  assert val == key(again._arrays['validation'][0]) and len(val) == 16
+  assert not val & kept and val | kept == key(train[0][..., None].astype(np.uint8))
+  np.testing.assert_array_equal(d._arrays['test'][0][..., 0], test[0])
+  # Labels travel with their images.
+  index = {im.tobytes(): y for im, y in zip(train[0].astype(np.uint8), train[1])}
+  images, labels = d._arrays['validation']
+  assert [index[im.tobytes()] for im in images[..., 0]] == list(labels)
+  # Without it: no validation split, evaluation reads the test set.
+  plain = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
+  assert (plain.num_train, plain.eval_split, plain.test_split) == (64, 'test', None)
+  with pytest.raises(UserError, match='validation_examples=64 leaves no training images'):
+    data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), validation_examples=64)
+  with pytest.raises(UserError, match="not of 'imagenet2012'.*train_split = 'train\\[10000:\\]'"):
+    data_lib.load_data('imagenet2012', validation_examples=10)

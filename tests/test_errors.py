@@ -139,6 +139,10 @@ BAD_SETTINGS = [
      'allowed: it must be a pair (a, b) with 0 < a <= b <= 1'),
     (['load_data.std=(0.0,)'], 'load_data.std = (0.0,) is not allowed'),
     (['linear_probe.epochs=0'], 'linear_probe.epochs = 0 is not allowed'),
+    (['run.report_test=True'], 'run.report_test = True, but fashion_mnist has no test split '
+     "apart from the one evaluation reads ('test'). Fix: bind load_data.validation_examples"),
+    (['load_data.validation_examples=256'], 'load_data.validation_examples=256 leaves no '
+     'training images'),
     (['knn_accuracy.k=0'], 'knn_accuracy.k = 0 is not allowed'),
     (['offline_linear_eval.momentum=1.0'], 'offline_linear_eval.momentum = 1.0 is not allowed'),
 ]

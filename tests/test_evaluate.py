@@ -152,3 +152,46 @@ def test_features_through_mirrored_strategy_equal_one_device_and_keep_order(mirr
                               keras.layers.GlobalAveragePooling2D()])
   f3, _ = evaluate.extract_features(other, ds, mirrored, cache=cache)
   np.testing.assert_allclose(f3, other(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_one_probe_scores_validation_and_test_as_separate_probes_would():
+  """Lists of held-out sets: the probe is trained once (same seed, same data), so each score
+  equals the single-set call's."""
+  rng = np.random.default_rng(3)
+  centres = rng.normal(size=(3, 6))
+  sets = []
+  for n in (300, 90, 120):
+    y = rng.integers(0, 3, n)
+    sets.append(((centres[y] + 1.5 * rng.normal(size=(n, 6))).astype(np.float32), y))
+  (tx, ty), (vx, vy), (sx, sy) = sets
+  both = evaluate.linear_probe(tx, ty, [vx, sx], [vy, sy], 3, batch_size=50, epochs=5)
+  assert both == [evaluate.linear_probe(tx, ty, vx, vy, 3, batch_size=50, epochs=5),
+                  evaluate.linear_probe(tx, ty, sx, sy, 3, batch_size=50, epochs=5)]
+  assert both[0] != both[1]  # two different sets, told apart
+
+
+def test_report_test_scores_the_same_probe_on_the_test_split():
+  """train.evaluate_encoders with a validation and a test split: the test figures are the
+  probe and kNN of the same training features, scored on the test images."""
+  from minc_tf import train
+  rng = np.random.default_rng(4)
+
+  def split(n):
+    y = rng.integers(0, 2, n)
+    # Overlapping classes: validation and test scores differ, so a mix-up shows.
+    return ((y[:, None, None, None] * 12 + rng.integers(0, 150, (n, 8, 8, 1))).astype(np.uint8),
+            y.astype(np.int64))
+  arrays = {'train': split(128), 'validation': split(48), 'test': split(64)}
+  d = data_lib.ImageData('toy', 8, 1, 2, 128, (0.5,), (0.5,), arrays=arrays,
+                         eval_split='validation', test_split='test')
+  encoder = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, kernel_initializer='ones')])
+  out = train.evaluate_encoders(encoder, d, 32, None, None, False, True, report_test=True)
+  feats = {s: evaluate.extract_features(encoder, d.eval_dataset(s, 32)) for s in arrays}
+  for prefix, s in (('', 'validation'), ('test_', 'test')):
+    assert out[f'{prefix}probe_top1'] == evaluate.linear_probe(*feats['train'], *feats[s], 2)
+    assert out[f'{prefix}knn_top1'] == evaluate.knn_accuracy(*feats['train'], *feats[s], 2)
+  assert out['eval_split'] == 'validation' and out['probe_top1'] > 60
+  assert out['probe_top1'] != out['test_probe_top1']
+  assert 'test_probe_top1' not in train.evaluate_encoders(encoder, d, 32, None, None, False,
+                                                          False)

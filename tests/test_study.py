@@ -26,6 +26,30 @@ def test_noise_to_signal_is_zero_for_identical_batches_and_positive_otherwise():
   assert study.gradient_noise_to_signal(m, ds, 4) > 1e-3
 
 
+def test_minc_noise_includes_the_summarys_own_batch_and_restores_it():
+  """With summary decay 0 each measured batch's M is its own moment, as in training: the
+  measure on a model whose stored M is arbitrary equals the one on a model that has no stored M
+  yet (whose loss reads the batch's moment), and the stored M is put back. Holding M constant
+  (summary_noise=False) measures something else."""
+  data = batches(n=8, count=4)
+  ds = tf.data.Dataset.from_generator(lambda: iter(data), output_signature=(
+      (tf.TensorSpec((8, 8, 8, 1), tf.float32),) * 2, tf.TensorSpec((8,), tf.int64)))
+  fresh = tiny_model('minc', summary_decay=0.0)
+  trained = tiny_model('minc', summary_decay=0.0)
+  for m in (fresh, trained):
+    compile_model(m)
+  stored = np.diag(np.linspace(1.0, 3.0, 8)).astype(np.float32)
+  trained.summary.assign(stored)
+  trained.summary_steps.assign(5.0)
+  expected = study.gradient_noise_to_signal(fresh, ds, 4, summary_noise=False)
+  np.testing.assert_allclose(study.gradient_noise_to_signal(trained, ds, 4), expected,
+                             rtol=1e-5)
+  np.testing.assert_array_equal(trained.summary.numpy(), stored)
+  assert trained.summary_steps.numpy() == 5.0
+  held = study.gradient_noise_to_signal(trained, ds, 4, summary_noise=False)
+  assert abs(held - expected) > 1e-3 * expected
+
+
 class _LinearModel:
   """A stand-in whose SSL loss sum(w * x1) has the gradient x1: batch b's gradient is known."""
 
@@ -35,7 +59,7 @@ class _LinearModel:
     self.projector = types.SimpleNamespace(trainable_variables=[])
 
   def compute_ssl_loss(self, x1, x2, training=True, update_summary=True):
-    assert not update_summary  # the measure must not move MINC's summary
+    assert not update_summary  # a model without a summary has none to take a batch in
     return tf.reduce_sum(self.w * x1), None, None, {}
 
 
@@ -66,7 +90,8 @@ def test_tables(tmp_path):
   docs.mkdir()
   study._write(str(tmp_path / 'run'), 'ablation', rows, str(docs / 'table.md'), 'run.epochs = 1\n')
   text = (tmp_path / 'run' / 'ablation.md').read_text()
-  assert '| a | 80.00 | 79.00 | 20.0 |' in text and 'raw pixels 84.00' in text
+  assert '| a | 1 | 80.00 +- 0.00 | 79.00 +- 0.00 | 20.0 +- 0.0 |' in text
+  assert 'random-init encoder 70.00 +- 0.00 (1 seeds), raw pixels 84.00' in text
   assert (docs / 'table.md').read_text() == text
   if importlib.util.find_spec('matplotlib'):  # drawn once, the same PNG beside both tables
     png = (tmp_path / 'run' / 'ablation.png').read_bytes()
@@ -77,10 +102,12 @@ def test_tables(tmp_path):
   if importlib.util.find_spec('matplotlib'):
     assert tf.io.gfile.exists('ram://tables/run/ablation.png')
   assert not os.path.exists('ram:')
-  var = [{'method': m, 'stage': 'init', 'batch_size': 64, 'noise_to_signal': v}
-         for m, v in (('minc', 2.0), ('spectral', 4.0))]
+  var = [{'method': m, 'stage': 'init', 'batch_size': 64, 'noise_to_signal': v, 'seed': s}
+         for m, vs in (('minc', (2.0, 3.0)), ('spectral', (4.0, 2.0))) for s, v in enumerate(vs)]
   study._write_variance(str(tmp_path), var, None)
-  assert '| init | 64 | 2 | 4 | 0.50 |' in (tmp_path / 'variance.md').read_text()
+  # Per-seed ratios 0.5 and 1.5: mean 1, sample std 0.71.
+  assert ('| init | 64 | 2 | 2.500 +- 0.707 | 3.000 +- 1.414 | 1.00 +- 0.71 |' in
+          (tmp_path / 'variance.md').read_text())
 
 
 def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
@@ -109,12 +136,12 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
   assert [h.name for h in experiment.hparam_infos] == ['build_model.summary_decay',
                                                        'view_transforms.grayscale_prob']
   assert 'results/probe_top1' in [m.name.tag for m in experiment.metric_infos]
-  sessions = [session_hparams(mux, f'variant{i}/tensorboard/hparams') for i in range(2)]
+  sessions = [session_hparams(mux, f'variant{i}/seed0/tensorboard/hparams') for i in range(2)]
   assert [s['build_model.summary_decay'] for s in sessions] == [0.0, 0.5]
   # Unbound in the first variant: its default, so the dashboard's column has no hole.
   assert [s['view_transforms.grayscale_prob'] for s in sessions] == [0.2, 0.5]
   for i, row in enumerate(rows):
-    steps, events, _ = read_events(str(tmp_path / f'variant{i}' / 'tensorboard'))
+    steps, events, _ = read_events(str(tmp_path / f'variant{i}' / 'seed0' / 'tensorboard'))
     value = float(tf.make_ndarray(events['hparams']['results/probe_top1'][-1].tensor_proto))
     np.testing.assert_allclose(value, row['probe_top1'], rtol=1e-6)
 
@@ -127,7 +154,7 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   calls = []
 
   def fake_run(mode, model_dir, strategy, allow_config_change=False):
-    calls.append((os.path.basename(model_dir), allow_config_change))
+    calls.append((os.path.relpath(model_dir, tmp_path), allow_config_change))
     done = {'probe_top1': 50.0, 'knn_top1': 50.0, 'feature_effective_rank': 1.0,
             'final_loss': 0.0, 'pretrain_wall_time_s': 1, 'images_per_s': 1}
     return {'preempted': 'SIGINT'} if len(calls) == 2 else done
@@ -135,5 +162,96 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   config.parse_gin([], ['run_study.variants = {"a": [], "b": [], "c": []}'])
   rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(), allow_config_change=True)
   assert [r['variant'] for r in rows] == ['a']
-  assert calls == [('variant0', True), ('variant1', True)]
+  assert calls == [('variant0/seed0', True), ('variant1/seed0', True)]
   assert '| a |' in (tmp_path / 'ablation.md').read_text()
+
+
+def _fake_runs(monkeypatch, probe):
+  """train.run replaced: records (run dir, run.seed, baselines, run.epochs) and returns
+  probe(variant dir, seed) as the probe figure."""
+  import gin
+  from minc_tf import train
+  calls = []
+
+  def fake_run(mode, model_dir, strategy, allow_config_change=False):
+    seed = gin.get_bindings('run')['seed']
+    variant = os.path.basename(os.path.dirname(model_dir))
+    bound = gin.get_bindings('run')
+    calls.append((variant, seed, bound.get('baselines', True), bound.get('epochs', 1)))
+    return {'probe_top1': probe(variant, seed), 'knn_top1': 50.0, 'eval_split': 'validation',
+            'final_loss': 0.0, 'pretrain_wall_time_s': 1.0}
+  monkeypatch.setattr(train, 'run', fake_run)
+  return calls
+
+
+def test_seeds_give_mean_and_std_and_a_finished_run_is_read_back(tmp_path, monkeypatch):
+  """Every variant at every seed, baselines once per seed, the table's mean +- sample std; a
+  rerun trains nothing unless a run's bindings changed."""
+  import pytest
+  from minc_tf import config
+  probes = {('variant0', 0): 70.0, ('variant0', 1): 72.0, ('variant0', 2): 77.0,
+            ('variant1', 0): 60.0, ('variant1', 1): 61.0, ('variant1', 2): 62.0}
+  calls = _fake_runs(monkeypatch, lambda v, s: probes[(v, s)])
+  settings = ['run_study.variants = {"a": [], "b": ["run.epochs = 3"]}',
+              'run_study.seeds = (0, 1, 2)']
+  config.parse_gin([], settings)
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy())
+  assert [(c[0], c[1], c[2]) for c in calls] == [
+      (f'variant{i}', s, i == 0) for s in (0, 1, 2) for i in (0, 1)]
+  table = (tmp_path / 'ablation.md').read_text()
+  mean, std = np.mean([70, 72, 77]), np.std([70, 72, 77], ddof=1)
+  assert f'| a | 3 | {mean:.2f} +- {std:.2f} | 50.00 +- 0.00 |' in table
+  assert '| b | 3 | 61.00 +- 1.00 |' in table
+  assert [e['probe_top1'] for e in study.summarize(rows)] == [
+      pytest.approx((mean, std)), pytest.approx((61.0, 1.0))]
+  calls.clear()
+  config.parse_gin([], settings)  # each run cleared gin, as a new command would start afresh
+  assert study.run_study(str(tmp_path), tf.distribute.get_strategy()) == rows
+  assert calls == []
+  config.parse_gin([], settings + ['run_study.common_bindings = ("run.epochs = 2",)'])
+  study.run_study(str(tmp_path), tf.distribute.get_strategy())
+  assert [c[3] for c in calls] == [2, 3] * 3  # rerun, the variant's binding after the common
+
+
+def test_a_seed_on_the_command_line_is_honoured_and_wins(tmp_path, monkeypatch):
+  """--gin_bindings run.seed=5: every run at seed 5 (its own dirs); the command line's
+  bindings come after the variant's; with several study seeds it is refused."""
+  import pytest
+  from minc_tf import config
+  from minc_tf.errors import UserError
+  calls = _fake_runs(monkeypatch, lambda v, s: 50.0)
+  config.parse_gin([], ['run_study.variants = {"a": [], "b": ["run.epochs = 3"]}'])
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(),
+                         command_line=([], ['run.seed = 5', 'run.epochs = 4']))
+  assert calls == [('variant0', 5, True, 4), ('variant1', 5, False, 4)]
+  assert [r['seed'] for r in rows] == [5, 5]
+  assert (tmp_path / 'variant1' / 'seed5' / study.STUDY_RUN).exists()
+  config.parse_gin([], ['run_study.seeds = (0, 1, 2)'])
+  with pytest.raises(UserError, match=r'run.seed = 1, but run_study.seeds = \(0, 1, 2\).*'
+                                      r'run_study.seeds = \(1,\)'):
+    study.run_study(str(tmp_path), tf.distribute.get_strategy(),
+                    command_line=([], ['run.seed=1']))
+
+
+def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
+  """MINC's decay per cell is the one with the better mean validation probe; the difference
+  to Spectral is taken seed by seed."""
+  variants = study._sweep('width', (2048,), (0.0, 0.99), 25600, batch_size=64)
+  assert variants['minc decay=0.99 k=2048'] == [
+      "build_model.method = 'minc'", 'build_model.summary_decay = 0.99',
+      'run.global_batch_size = 64', 'build_model.projector_dim = 2048',
+      'run.steps_per_epoch = 400']
+  assert variants['spectral k=2048'][0] == "build_model.method = 'spectral'"
+  assert study._sweep('batch', (32,), (0.0,), 25600)['spectral B=32'][1:] == [
+      'run.global_batch_size = 32', 'run.steps_per_epoch = 800']
+  probes = {'minc decay=0.0 B=64': [70, 71, 72], 'minc decay=0.99 B=64': [73, 74, 69],
+            'spectral B=64': [70, 70, 70], 'minc decay=0.0 B=32': [60, 60, 60],
+            'minc decay=0.99 B=32': [50, 50, 50], 'spectral B=32': [61, 59, 63]}
+  rows = [{'variant': v, 'seed': s, 'probe_top1': p[s], 'knn_top1': p[s] - 1.0}
+          for v, p in probes.items() for s in (2, 0, 1)]
+  got = {d['cell']: d for d in study.sweep_differences(rows)}
+  assert [d['x'] for d in study.sweep_differences(rows)] == [32, 64]
+  assert got['B=64']['decay'] == 0.99 and got['B=32']['decay'] == 0.0
+  np.testing.assert_allclose(got['B=64']['probe'], (2.0, np.sqrt(7.0)))
+  np.testing.assert_allclose(got['B=32']['probe'], (-1.0, 2.0))
+  np.testing.assert_allclose(got['B=32']['knn'], (-1.0, 2.0))
