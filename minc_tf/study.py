@@ -1,10 +1,12 @@
-"""Experiments in miniature, rerunnable: the MINC ablation and the batch-size sweep.
+"""Experiments in miniature, rerunnable: the MINC ablation, the batch-size and projector-width
+sweeps, the six methods with their learning rates chosen on validation, the gradient noise.
 
   python -m minc_tf.main --mode=study --gin_file=gin/study_ablation.gin --model_dir=/tmp/ablation
 
-Each variant is one train.run (pretraining, then the linear probe on frozen features) under the
-base gin files plus the variant's bindings; the table goes to <model_dir>/<name>.md and .json
-(and to `table_path` when given, e.g. docs/ablation.md).
+Each variant is one train.run (pretraining, then the linear probe on frozen features) per seed,
+under the base gin files plus the variant's bindings, in <model_dir>/variant<i>/seed<s>; the
+table (mean +- std over the seeds) goes to <model_dir>/<name>.md and .json (and to `table_path`
+when given, e.g. docs/study_ablation.md). docs/study.md has the protocol and the results.
 """
 
 import ast
@@ -145,15 +147,17 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
               common_bindings=(), seeds=(0,), variants=None, batch_sizes=(64, 128, 256, 512),
               widths=(64, 256, 1024, 2048), sweep_batch_size=64, minc_decays=(0.0, 0.99),
               pretrain_pairs=None, table_path=None, baselines_once=True, pretrain_steps=200,
-              num_batches=32, variance_batch_size=256, allow_config_change=False,
-              command_line=((), ())):
+              num_batches=32, variance_batch_size=256, methods=None, learning_rates=(),
+              allow_config_change=False, command_line=((), ())):
   """Runs every variant of study `name` for every seed and writes the table (mean +- std over
   the seeds). A finished run (its bindings unchanged) is read back, not rerun.
 
   name: 'ablation' (ABLATION, or `variants`), 'batch_sweep' / 'width_sweep' (MINC at each of
     `minc_decays` and Spectral at each of `batch_sizes`, or each projector width in `widths` at
     `sweep_batch_size`; pretrain_pairs: the same view pairs per run), 'variance', or any name
-    with `variants` ({label: [bindings]}).
+    with `variants` ({label: [bindings]}); 'methods': each of `methods` ({label: [bindings]})
+    at each of `learning_rates` on validation at the first seed, then each at its best rate at
+    every seed with the test split scored (run.report_test).
   Every run parses base_gin_files, common_bindings, the variant's bindings, `run.seed = s`, and
   then the command line's gin files and bindings (command_line, from main: they win, as on any
   command line; a run.seed there replaces `seeds`, and with several seeds it is an error).
@@ -186,6 +190,72 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
       _write_variance(model_dir, rows, table_path)
     return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']} seed={r['seed']}",
              'probe_top1': r['noise_to_signal']} for r in rows]
+  if name == 'methods':
+    variants = _learning_rate_grid(methods, learning_rates)
+  else:
+    variants = study_variants(name, variants, batch_sizes, widths, sweep_batch_size,
+                              minc_decays, pretrain_pairs)
+  operative = gin.config_str()
+  if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
+    monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
+                                                    for bindings in variants.values()
+                                                    for b in bindings}))
+  rows = []
+
+  def run_all(variants, seeds, first_index=0, extra=()):
+    """Runs (or reads back) every variant at every seed into `rows`; False when stopped."""
+    for seed in seeds:
+      for i, (label, bindings) in enumerate(variants.items()):
+        baselines = i == 0  # each seed's baselines: its random-init encoder differs
+        full = bindings_for(bindings + list(extra) + (
+            [] if (baselines or not baselines_once) else ['run.baselines = False']), seed)
+        index = first_index + i
+        run_dir = os.path.join(model_dir, f'variant{index}', f'seed{seed}')
+        row = _finished(run_dir, base_gin_files, full)
+        if row is None:
+          gin.clear_config()
+          keras.backend.clear_session()
+          config.parse_gin(base_gin_files, full)
+          start = time.time()
+          result = train.run('train_and_eval', run_dir, strategy,
+                             allow_config_change=allow_config_change)
+          if result.get('preempted'):
+            logging.warning('%s stopped variant %d (%s), seed %d; rerun the same command to '
+                            'resume the study.', result['preempted'], index, label, seed)
+            return False
+          row = dict(result, variant=label, seed=seed, bindings=bindings,
+                     total_wall_time_s=round(time.time() - start, 1))
+          if chief:
+            tf.io.gfile.makedirs(run_dir)
+            files.write(os.path.join(run_dir, STUDY_RUN), json.dumps(
+                {'gin_files': base_gin_files, 'bindings': full, 'row': row}, indent=2))
+        rows.append(row)
+        if chief:
+          _write(model_dir, name, rows, table_path, operative)
+    return True
+
+  if name != 'methods':
+    run_all(variants, seeds)
+    return rows
+  # Screen each method's learning rates on validation at the first seed, then run each method
+  # at its chosen rate at every seed with the test split scored (read once per final config).
+  if not run_all(variants, seeds[:1]):
+    return rows
+  finals = {}
+  for label, bindings in methods.items():
+    screened = {lr: r['probe_top1'] for r in rows for lr in learning_rates
+                if r['variant'] == f'{label} lr={lr:g}'}
+    best = max(screened, key=screened.get)
+    finals[f'{label} (lr {best:g}, final)'] = list(bindings) + [
+        f'build_optimizer.base_lr = {best!r}']
+  run_all(finals, seeds, first_index=len(variants), extra=['run.report_test = True'])
+  return rows
+
+
+def study_variants(name, variants=None, batch_sizes=(), widths=(), sweep_batch_size=64,
+                   minc_decays=(0.0,), pretrain_pairs=None):
+  """{label: [bindings]} of study `name` (run_study's arguments): `variants` when given, else the
+  batch or width sweep, else ABLATION."""
   if variants is None:
     if name == 'batch_sweep':
       variants = _sweep('batch', batch_sizes, minc_decays, pretrain_pairs)
@@ -196,40 +266,16 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   variants = {label: list(b) for label, b in variants.items()}
   if not variants:
     raise UserError(f'Study {name!r} has no variants. Fix: bind run_study.variants.')
-  operative = gin.config_str()
-  if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
-    monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
-                                                    for bindings in variants.values()
-                                                    for b in bindings}))
-  rows = []
-  for seed in seeds:
-    for i, (label, bindings) in enumerate(variants.items()):
-      first = i == 0  # each seed's baselines: its random-init encoder differs
-      extra = [] if (first or not baselines_once) else ['run.baselines = False']
-      full = bindings_for(bindings + extra, seed)
-      run_dir = os.path.join(model_dir, f'variant{i}', f'seed{seed}')
-      row = _finished(run_dir, base_gin_files, full)
-      if row is None:
-        gin.clear_config()
-        keras.backend.clear_session()
-        config.parse_gin(base_gin_files, full)
-        start = time.time()
-        result = train.run('train_and_eval', run_dir, strategy,
-                           allow_config_change=allow_config_change)
-        if result.get('preempted'):
-          logging.warning('%s stopped variant %d (%s), seed %d; rerun the same command to '
-                          'resume the study.', result['preempted'], i, label, seed)
-          return rows
-        row = dict(result, variant=label, seed=seed, bindings=bindings,
-                   total_wall_time_s=round(time.time() - start, 1))
-        if chief:
-          tf.io.gfile.makedirs(run_dir)
-          files.write(os.path.join(run_dir, STUDY_RUN), json.dumps(
-              {'gin_files': base_gin_files, 'bindings': full, 'row': row}, indent=2))
-      rows.append(row)
-      if chief:
-        _write(model_dir, name, rows, table_path, operative)
-  return rows
+  return variants
+
+
+def _learning_rate_grid(methods, learning_rates):
+  """The methods study's screen: every method at every learning rate."""
+  if not methods or not learning_rates:
+    raise UserError('The methods study needs run_study.methods ({label: [bindings]}) and '
+                    'run_study.learning_rates (e.g. (5e-4, 1e-3, 2e-3)). Fix: bind both.')
+  return {f'{label} lr={lr:g}': list(bindings) + [f'build_optimizer.base_lr = {lr!r}']
+          for label, bindings in methods.items() for lr in learning_rates}
 
 
 STUDY_RUN = 'study_run.json'

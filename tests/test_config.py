@@ -44,3 +44,33 @@ def test_unknown_configurable_suggests_the_right_one():
 def test_missing_file_lists_the_shipped_ones():
   with pytest.raises(UserError, match='minc.gin'):
     config.parse_gin(['gin/mnic.gin'], [])
+
+
+def test_every_study_config_and_every_variant_of_it_parses():
+  """A typo in a study's variant would otherwise surface hours into the study."""
+  import glob
+  import os
+  from minc_tf import study
+  paths = sorted(p for p in glob.glob(os.path.join(config.GIN_DIR, 'study_*.gin'))
+                 if not p.endswith('study_protocol.gin'))  # the studies' common base
+  assert len(paths) >= 5
+  for path in paths:
+    gin.clear_config()
+    config.parse_gin([path], [])
+    settings = gin.get_bindings('run_study')
+    name = settings.get('name', 'ablation')
+    if name == 'methods':
+      variants = study._learning_rate_grid(settings['methods'], settings['learning_rates'])
+    elif name == 'variance':
+      variants = {'minc': [], 'spectral': ["build_model.method = 'spectral'"]}
+    else:
+      variants = study.study_variants(name, **{k: settings[k] for k in (
+          'variants', 'batch_sizes', 'widths', 'sweep_batch_size', 'minc_decays',
+          'pretrain_pairs') if k in settings})
+    assert variants, path
+    for label, bindings in variants.items():
+      gin.clear_config()
+      config.parse_gin(list(settings['base_gin_files']),
+                       list(settings.get('common_bindings', ())) + bindings + ['run.seed = 0'])
+      # Every study reads the validation split, never the test set, to decide.
+      assert gin.query_parameter('load_data.validation_examples') == 10000, (path, label)

@@ -255,3 +255,31 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   np.testing.assert_allclose(got['B=64']['probe'], (2.0, np.sqrt(7.0)))
   np.testing.assert_allclose(got['B=32']['probe'], (-1.0, 2.0))
   np.testing.assert_allclose(got['B=32']['knn'], (-1.0, 2.0))
+
+
+def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_split(
+    tmp_path, monkeypatch):
+  """The screen runs every (method, lr) at the first seed; each method's final runs at the lr
+  with the best validation probe, at every seed, with run.report_test on."""
+  import gin
+  from minc_tf import config
+  from minc_tf import train
+  calls = []
+  best = {'a': 2e-3, 'b': 5e-4}
+
+  def fake_run(mode, model_dir, strategy, allow_config_change=False):
+    lr = gin.get_bindings('build_optimizer')['base_lr']
+    method = gin.get_bindings('build_model')['method']
+    calls.append((method, lr, gin.get_bindings('run')['seed'],
+                  gin.get_bindings('run').get('report_test', False)))
+    return {'probe_top1': 80.0 if lr == best[method] else 70.0 + lr * 1000}
+  monkeypatch.setattr(train, 'run', fake_run)
+  config.parse_gin([], ['run_study.name = "methods"', 'run_study.seeds = (0, 1)',
+                        'run_study.learning_rates = (5e-4, 1e-3, 2e-3)',
+                        'run_study.methods = {"A": ["build_model.method = \'a\'"], '
+                        '"B": ["build_model.method = \'b\'"]}'])
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy())
+  screen = [(m, lr, 0, False) for m in 'ab' for lr in (5e-4, 1e-3, 2e-3)]
+  finals = [(m, best[m], s, True) for s in (0, 1) for m in 'ab']
+  assert calls == screen + finals
+  assert [r['variant'] for r in rows[-2:]] == ['A (lr 0.002, final)', 'B (lr 0.0005, final)']
