@@ -9,7 +9,7 @@ table (mean +- std over the seeds) goes to <model_dir>/<name>.md and .json (and 
 when given, e.g. docs/study_ablation.md). docs/study.md has the protocol and the results.
 """
 
-import ast
+import hashlib
 import json
 import os
 import platform
@@ -131,17 +131,6 @@ def _variance_study(base_gin_files, bindings_for, batch_sizes, pretrain_steps, n
   return rows
 
 
-def _seed_of(bindings):
-  """The run.seed a list of command-line bindings sets, or None."""
-  seed = None
-  for binding in bindings:
-    for line in binding.splitlines():
-      m = re.match(r'\s*run\.seed\s*=\s*(.+?)\s*$', line)
-      if m:
-        seed = ast.literal_eval(m.group(1))
-  return seed
-
-
 @gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change', 'command_line'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), seeds=(0,), variants=None, batch_sizes=(64, 128, 256, 512),
@@ -158,22 +147,24 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     with `variants` ({label: [bindings]}); 'methods': each of `methods` ({label: [bindings]})
     at each of `learning_rates` on validation at the first seed, then each at its best rate at
     every seed with the test split scored (run.report_test).
-  Every run parses base_gin_files, common_bindings, the variant's bindings, `run.seed = s`, and
-  then the command line's gin files and bindings (command_line, from main: they win, as on any
-  command line; a run.seed there replaces `seeds`, and with several seeds it is an error).
+  Every run parses base_gin_files and the command line's gin files (command_line, from main),
+  then common_bindings, the variant's bindings, `run.seed = s` and the command line's bindings,
+  which may not set what a variant sets (an error); a run.seed on the command line (file or
+  binding) replaces `seeds`. Runs live in <model_dir>/runs/<label>-<hash of the parsed
+  configuration>/seed<s>.
   A run stopped by SIGTERM or Ctrl-C stops the study (its table holds the runs done); rerunning
   the command resumes it. allow_config_change: main's flag, for every variant's train.run.
   """
   from minc_tf import config
   from minc_tf import train
   cli_files, cli_bindings = (list(x) for x in command_line)
-  cli_seed = _seed_of(cli_bindings)
+  # main parsed the command line (its files and bindings) before calling: a run.seed bound
+  # there, by either, replaces the study's seeds ("the same command with run.seed = 1").
+  cli_seed = gin.get_bindings('run').get('seed')
   seeds = list(seeds)
-  if cli_seed is not None:
-    if len(seeds) > 1 and seeds != [cli_seed]:
-      raise UserError(f'--gin_bindings sets run.seed = {cli_seed}, but run_study.seeds = '
-                      f'{tuple(seeds)} runs every variant at each seed. Fix: bind '
-                      f'run_study.seeds = ({cli_seed},) instead.')
+  if cli_seed is not None and seeds != [cli_seed]:
+    logging.warning('The command line sets run.seed = %s: the study runs that seed only (not '
+                    'run_study.seeds = %s).', cli_seed, tuple(seeds))
     seeds = [cli_seed]
   if not seeds:
     raise UserError('run_study.seeds is empty. Fix: give at least one seed, e.g. (0, 1, 2).')
@@ -195,6 +186,17 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   else:
     variants = study_variants(name, variants, batch_sizes, widths, sweep_batch_size,
                               minc_decays, pretrain_pairs)
+  varied = {monitor.binding_key(b) for bindings in list(variants.values()) + list(
+      (methods or {}).values()) for b in bindings}
+  if name == 'methods':
+    varied.add('build_optimizer.base_lr')
+  clashes = sorted(varied & {monitor.binding_key(b) for b in cli_bindings})
+  if clashes:
+    raise UserError(f'--gin_bindings sets {", ".join(clashes)}, which the variants of study '
+                    f'{name!r} set themselves (the rows would be mislabelled). Fix: change the '
+                    'study\'s own settings instead (run_study.variants, batch_sizes, widths, '
+                    'learning_rates or methods, e.g. in --gin_bindings), or run a plain '
+                    'train_and_eval.')
   operative = gin.config_str()
   if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
     monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
@@ -202,34 +204,39 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
                                                     for b in bindings}))
   rows = []
 
-  def run_all(variants, seeds, first_index=0, extra=()):
+  def run_all(variants, seeds, extra=(), baselines=True):
     """Runs (or reads back) every variant at every seed into `rows`; False when stopped."""
     for seed in seeds:
       for i, (label, bindings) in enumerate(variants.items()):
-        baselines = i == 0  # each seed's baselines: its random-init encoder differs
+        first = baselines and i == 0  # each seed's baselines: its random-init encoder differs
         full = bindings_for(bindings + list(extra) + (
-            [] if (baselines or not baselines_once) else ['run.baselines = False']), seed)
-        index = first_index + i
-        run_dir = os.path.join(model_dir, f'variant{index}', f'seed{seed}')
-        row = _finished(run_dir, base_gin_files, full)
+            [] if (first or not baselines_once) else ['run.baselines = False']), seed)
+        gin.clear_config()
+        keras.backend.clear_session()
+        config.parse_gin(base_gin_files, full)
+        configuration = _run_configuration()
+        # The directory is named by the configuration the run trains (parsed, so an edited gin
+        # file counts): reordered variants keep their runs; a changed one starts a new run.
+        run = os.path.join('runs', _slug(label) + '-' + hashlib.sha256(
+            configuration.encode()).hexdigest()[:10], f'seed{seed}')
+        run_dir = os.path.join(model_dir, run)
+        row = _finished(run_dir, configuration)
         if row is None:
-          gin.clear_config()
-          keras.backend.clear_session()
-          config.parse_gin(base_gin_files, full)
           start = time.time()
           result = train.run('train_and_eval', run_dir, strategy,
                              allow_config_change=allow_config_change)
           if result.get('preempted'):
-            logging.warning('%s stopped variant %d (%s), seed %d; rerun the same command to '
-                            'resume the study.', result['preempted'], index, label, seed)
+            logging.warning('%s stopped %s (%s), seed %d; rerun the same command to resume the '
+                            'study.', result['preempted'], run_dir, label, seed)
             return False
           row = dict(result, variant=label, seed=seed, bindings=bindings,
-                     total_wall_time_s=round(time.time() - start, 1))
+                     code=code_version(), total_wall_time_s=round(time.time() - start, 1))
           if chief:
             tf.io.gfile.makedirs(run_dir)
             files.write(os.path.join(run_dir, STUDY_RUN), json.dumps(
-                {'gin_files': base_gin_files, 'bindings': full, 'row': row}, indent=2))
-        rows.append(row)
+                {'configuration': configuration, 'gin_files': base_gin_files,
+                 'bindings': full, 'row': row}, indent=2))
+        rows.append(dict(row, variant=label, run=run))
         if chief:
           _write(model_dir, name, rows, table_path, operative)
     return True
@@ -239,16 +246,16 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     return rows
   # Screen each method's learning rates on validation at the first seed, then run each method
   # at its chosen rate at every seed with the test split scored (read once per final config).
-  if not run_all(variants, seeds[:1]):
+  if not run_all(variants, seeds[:1], baselines=False):  # the finals carry the baselines
     return rows
   finals = {}
   for label, bindings in methods.items():
-    screened = {lr: r['probe_top1'] for r in rows for lr in learning_rates
+    screened = {lr: r.get('probe_top1') for r in rows for lr in learning_rates
                 if r['variant'] == f'{label} lr={lr:g}'}
-    best = max(screened, key=screened.get)
+    best = _best(screened)
     finals[f'{label} (lr {best:g}, final)'] = list(bindings) + [
         f'build_optimizer.base_lr = {best!r}']
-  run_all(finals, seeds, first_index=len(variants), extra=['run.report_test = True'])
+  run_all(finals, seeds, extra=['run.report_test = True'])
   return rows
 
 
@@ -281,8 +288,9 @@ def _learning_rate_grid(methods, learning_rates):
 STUDY_RUN = 'study_run.json'
 
 
-def _finished(run_dir, gin_files, bindings):
-  """The row of a finished run of exactly these files and bindings, else None."""
+def _finished(run_dir, configuration):
+  """The row of a finished run of exactly this configuration (gin's parsed bindings), else
+  None. A row made by other code is read back with a warning (its 'code' says which)."""
   path = os.path.join(run_dir, STUDY_RUN)
   if not tf.io.gfile.exists(path):
     return None
@@ -291,11 +299,48 @@ def _finished(run_dir, gin_files, bindings):
       done = json.loads(f.read())
   except (ValueError, UnicodeDecodeError):
     return None
-  if done.get('gin_files') != gin_files or done.get('bindings') != bindings:
-    logging.warning('%s was run with other settings; running it again.', run_dir)
-    return None
-  logging.info('%s: finished earlier, read back.', run_dir)
-  return done['row']
+  if done.get('configuration') != configuration:
+    return None  # a hash collision of the directory name; train.run's identity check refuses
+  row = done['row']
+  if row.get('code') != code_version():
+    logging.warning('%s was trained by other minc_tf code (%s, now %s); its figures are read '
+                    'back as they are. To retrain, use a new --model_dir.', run_dir,
+                    row.get('code'), code_version())
+  else:
+    logging.info('%s: finished earlier, read back.', run_dir)
+  return row
+
+
+def _run_configuration():
+  """gin's bound parameters without run_study's own (the study's seeds, tables and variant
+  lists do not change what a run trains)."""
+  return '\n\n'.join(block for block in gin.config_str().split('\n\n')
+                     if not block.strip().startswith('# Parameters for run_study:'))
+
+
+def code_version():
+  """A short hash of the minc_tf sources: which code made a study's row."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  digest = hashlib.sha256()
+  for name in sorted(os.listdir(package)):
+    if name.endswith('.py'):
+      with open(os.path.join(package, name), 'rb') as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()[:10]
+
+
+def _slug(label):
+  return re.sub(r'[^A-Za-z0-9.=]+', '_', label).strip('_')[:60]
+
+
+def _best(scores):
+  """The key with the highest finite score (a diverged run's NaN never wins)."""
+  finite = {k: v for k, v in scores.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)}
+  if not finite:
+    raise UserError(f'Every screened run diverged or has no probe figure ({scores}). Fix: '
+                    'lower the learning rates of the grid (run_study.learning_rates).')
+  return max(finite, key=finite.get)
 
 
 def summarize(rows):
@@ -331,9 +376,15 @@ def sweep_differences(rows):
     spectral = by.pop('spectral', {})
     if not by or not spectral:
       continue
-    decay = max(by, key=lambda d: np.mean([r['probe_top1'] for r in by[d].values()]))
+    decay = _best({d: np.mean([r.get('probe_top1', np.nan) for r in by[d].values()])
+                   for d in by})
     seeds = sorted(set(by[decay]) & set(spectral))
-    entry = {'cell': f'{axis}={x}', 'x': x, 'decay': decay, 'n': len(seeds)}
+    entry = {'cell': f'{axis}={x}', 'x': x, 'decay': decay, 'n': len(seeds), 'per_decay': {}}
+    for d in by:  # each decay alone: no selection, so no bias towards MINC
+      paired = sorted(set(by[d]) & set(spectral))
+      if paired:
+        entry['per_decay'][d] = _mean_std([by[d][s]['probe_top1'] - spectral[s]['probe_top1']
+                                           for s in paired])
     for key, name in (('probe_top1', 'probe'), ('knn_top1', 'knn')):
       diffs = [by[decay][s][key] - spectral[s][key] for s in seeds]
       if diffs:
@@ -374,7 +425,10 @@ def _write_variance(model_dir, rows, table_path):
                  f'{_pm(_mean_std(sp), 3)} | {_pm(_mean_std(ratio))} |')
   lines.append('\nNoise-to-signal: E||g - mean g||^2 / ||mean g||^2 over minibatch gradients of '
                'the online encoder and projector at fixed weights (scale-free, so the two losses '
-               'compare); MINC\'s summary takes in each measured batch as a training step would. '
+               'compare). MINC\'s summary takes in each measured batch (decay * stored M + (1 - '
+               'decay) * the batch moment); its history, the stored M, is the trained one and is '
+               'not resampled, so at decay > 0 only the current batch\'s share of its noise is '
+               'counted. '
                'Mean +- std over seeds (the ratio per seed, then its mean). Machine: '
                f'{platform.machine()}, {os.cpu_count()} CPUs.')
   counts = sorted({r['num_batches'] for r in rows if 'num_batches' in r})
@@ -417,13 +471,18 @@ def _write(model_dir, name, rows, table_path, operative):
                  'once for a final configuration). Mean +- sample std over the seeds.')
   differences = sweep_differences(rows)
   if differences:
-    lines += ['\nMINC minus Spectral per cell (MINC\'s summary decay chosen by the mean '
-              'validation probe of the cell; differences paired by seed):\n',
-              '| cell | MINC decay | seeds | probe difference | kNN difference |',
-              '|---|---|---|---|---|']
+    decays = sorted({k for d in differences for k in d['per_decay']})
+    lines += ['\nMINC minus Spectral per cell, probe top-1 on validation, differences paired by '
+              'seed: at each summary decay, then at the decay with the better mean validation '
+              'probe in the cell (a best-of-' + str(len(decays)) + ' choice against one '
+              'Spectral setting, so it leans towards MINC; the fixed-decay columns do not):\n',
+              '| cell | seeds | ' + ' | '.join(f'decay {k:g}' for k in decays) +
+              ' | chosen decay | chosen: probe | chosen: kNN |',
+              '|---|---|' + '---|' * len(decays) + '---|---|---|']
     for d in differences:
-      lines.append(f"| {d['cell']} | {d['decay']:g} | {d['n']} | {_pm(d.get('probe'))} | "
-                   f"{_pm(d.get('knn'))} |")
+      fixed = ' | '.join(_pm(d['per_decay'].get(k)) for k in decays)
+      lines.append(f"| {d['cell']} | {d['n']} | {fixed} | {d['decay']:g} | "
+                   f"{_pm(d.get('probe'))} | {_pm(d.get('knn'))} |")
   lines.append(f'\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow '
                f'{tf.__version__}, Keras {keras.__version__}.')
   lines.append('\nBase configuration (before each variant\'s bindings):\n\n```\n' + operative +

@@ -74,3 +74,5 @@ def test_every_study_config_and_every_variant_of_it_parses():
                        list(settings.get('common_bindings', ())) + bindings + ['run.seed = 0'])
       # Every study reads the validation split, never the test set, to decide.
       assert gin.query_parameter('load_data.validation_examples') == 10000, (path, label)
+      # Screens and sweeps decide: they never read the test split.
+      assert not gin.get_bindings('run').get('report_test', False), (path, label)

@@ -195,3 +195,12 @@ def test_report_test_scores_the_same_probe_on_the_test_split():
   assert out['probe_top1'] != out['test_probe_top1']
   assert 'test_probe_top1' not in train.evaluate_encoders(encoder, d, 32, None, None, False,
                                                           False)
+  # The baselines are scored on the test split too (the random-init row of a final table).
+  with_baselines = train.evaluate_encoders(encoder, d, 32, None, None, True, False,
+                                           report_test=True)
+  pixels = {s: evaluate.extract_features(keras.Sequential([keras.Input((8, 8, 1)),
+                                                           keras.layers.Flatten()]),
+                                         d.eval_dataset(s, 32)) for s in ('train', 'test')}
+  assert with_baselines['test_raw_pixel_top1'] == evaluate.linear_probe(
+      *pixels['train'], *pixels['test'], 2)
+  assert 0 < with_baselines['test_random_init_top1'] <= 100

@@ -136,12 +136,13 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
   assert [h.name for h in experiment.hparam_infos] == ['build_model.summary_decay',
                                                        'view_transforms.grayscale_prob']
   assert 'results/probe_top1' in [m.name.tag for m in experiment.metric_infos]
-  sessions = [session_hparams(mux, f'variant{i}/seed0/tensorboard/hparams') for i in range(2)]
+  assert [r['run'].split('-')[0] for r in rows] == ['runs/decay_0', 'runs/grayscale_0.5_decay_0.5']
+  sessions = [session_hparams(mux, f"{r['run']}/tensorboard/hparams") for r in rows]
   assert [s['build_model.summary_decay'] for s in sessions] == [0.0, 0.5]
   # Unbound in the first variant: its default, so the dashboard's column has no hole.
   assert [s['view_transforms.grayscale_prob'] for s in sessions] == [0.2, 0.5]
   for i, row in enumerate(rows):
-    steps, events, _ = read_events(str(tmp_path / f'variant{i}' / 'seed0' / 'tensorboard'))
+    steps, events, _ = read_events(str(tmp_path / row['run'] / 'tensorboard'))
     value = float(tf.make_ndarray(events['hparams']['results/probe_top1'][-1].tensor_proto))
     np.testing.assert_allclose(value, row['probe_top1'], rtol=1e-6)
 
@@ -154,7 +155,8 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   calls = []
 
   def fake_run(mode, model_dir, strategy, allow_config_change=False):
-    calls.append((os.path.relpath(model_dir, tmp_path), allow_config_change))
+    run = os.path.relpath(model_dir, tmp_path)
+    calls.append((run.split('-')[0] + '/' + os.path.basename(run), allow_config_change))
     done = {'probe_top1': 50.0, 'knn_top1': 50.0, 'feature_effective_rank': 1.0,
             'final_loss': 0.0, 'pretrain_wall_time_s': 1, 'images_per_s': 1}
     return {'preempted': 'SIGINT'} if len(calls) == 2 else done
@@ -162,7 +164,7 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   config.parse_gin([], ['run_study.variants = {"a": [], "b": [], "c": []}'])
   rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(), allow_config_change=True)
   assert [r['variant'] for r in rows] == ['a']
-  assert calls == [('variant0/seed0', True), ('variant1/seed0', True)]
+  assert calls == [('runs/a/seed0', True), ('runs/b/seed0', True)]
   assert '| a |' in (tmp_path / 'ablation.md').read_text()
 
 
@@ -175,9 +177,10 @@ def _fake_runs(monkeypatch, probe):
 
   def fake_run(mode, model_dir, strategy, allow_config_change=False):
     seed = gin.get_bindings('run')['seed']
-    variant = os.path.basename(os.path.dirname(model_dir))
+    variant = os.path.basename(os.path.dirname(model_dir)).rsplit('-', 1)[0]
     bound = gin.get_bindings('run')
-    calls.append((variant, seed, bound.get('baselines', True), bound.get('epochs', 1)))
+    calls.append((variant, seed, bound.get('baselines', True), bound.get('epochs', 1),
+                  bound.get('keep_checkpoints', 3)))
     return {'probe_top1': probe(variant, seed), 'knn_top1': 50.0, 'eval_split': 'validation',
             'final_loss': 0.0, 'pretrain_wall_time_s': 1.0}
   monkeypatch.setattr(train, 'run', fake_run)
@@ -187,17 +190,18 @@ def _fake_runs(monkeypatch, probe):
 def test_seeds_give_mean_and_std_and_a_finished_run_is_read_back(tmp_path, monkeypatch):
   """Every variant at every seed, baselines once per seed, the table's mean +- sample std; a
   rerun trains nothing unless a run's bindings changed."""
+  import gin
   import pytest
   from minc_tf import config
-  probes = {('variant0', 0): 70.0, ('variant0', 1): 72.0, ('variant0', 2): 77.0,
-            ('variant1', 0): 60.0, ('variant1', 1): 61.0, ('variant1', 2): 62.0}
+  probes = {('a', 0): 70.0, ('a', 1): 72.0, ('a', 2): 77.0,
+            ('b', 0): 60.0, ('b', 1): 61.0, ('b', 2): 62.0}
   calls = _fake_runs(monkeypatch, lambda v, s: probes[(v, s)])
   settings = ['run_study.variants = {"a": [], "b": ["run.epochs = 3"]}',
               'run_study.seeds = (0, 1, 2)']
   config.parse_gin([], settings)
   rows = study.run_study(str(tmp_path), tf.distribute.get_strategy())
-  assert [(c[0], c[1], c[2]) for c in calls] == [
-      (f'variant{i}', s, i == 0) for s in (0, 1, 2) for i in (0, 1)]
+  assert [c[:3] for c in calls] == [
+      (v, s, v == 'a') for s in (0, 1, 2) for v in 'ab']
   table = (tmp_path / 'ablation.md').read_text()
   mean, std = np.mean([70, 72, 77]), np.std([70, 72, 77], ddof=1)
   assert f'| a | 3 | {mean:.2f} +- {std:.2f} | 50.00 +- 0.00 |' in table
@@ -205,32 +209,44 @@ def test_seeds_give_mean_and_std_and_a_finished_run_is_read_back(tmp_path, monke
   assert [e['probe_top1'] for e in study.summarize(rows)] == [
       pytest.approx((mean, std)), pytest.approx((61.0, 1.0))]
   calls.clear()
-  config.parse_gin([], settings)  # each run cleared gin, as a new command would start afresh
+  gin.clear_config()  # a new command starts afresh
+  config.parse_gin([], settings)
   assert study.run_study(str(tmp_path), tf.distribute.get_strategy()) == rows
   assert calls == []
-  config.parse_gin([], settings + ['run_study.common_bindings = ("run.epochs = 2",)'])
+  gin.clear_config()
+  config.parse_gin([], settings + ['run_study.common_bindings = ("run.epochs = 5",)'])
   study.run_study(str(tmp_path), tf.distribute.get_strategy())
-  assert [c[3] for c in calls] == [2, 3] * 3  # rerun, the variant's binding after the common
+  # a's configuration changed: rerun; b's did not (its own run.epochs = 3 comes after the
+  # common binding): read back.
+  assert [(c[0], c[3]) for c in calls] == [('a', 5)] * 3
 
 
-def test_a_seed_on_the_command_line_is_honoured_and_wins(tmp_path, monkeypatch):
-  """--gin_bindings run.seed=5: every run at seed 5 (its own dirs); the command line's
-  bindings come after the variant's; with several study seeds it is refused."""
+def test_a_seed_on_the_command_line_is_honoured_and_its_bindings_apply_to_every_run(
+    tmp_path, monkeypatch):
+  """run.seed=5 on the command line (parsed by main before the study) replaces the study's
+  seeds; the command line's other bindings reach every run; one that a variant sets itself is
+  refused (the rows would be mislabelled)."""
+  import gin
   import pytest
   from minc_tf import config
   from minc_tf.errors import UserError
   calls = _fake_runs(monkeypatch, lambda v, s: 50.0)
-  config.parse_gin([], ['run_study.variants = {"a": [], "b": ["run.epochs = 3"]}'])
-  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(),
-                         command_line=([], ['run.seed = 5', 'run.epochs = 4']))
-  assert calls == [('variant0', 5, True, 4), ('variant1', 5, False, 4)]
+  study_settings = ['run_study.variants = {"a": [], "b": ["run.epochs = 3"]}',
+                    'run_study.seeds = (0, 1, 2)']
+  cli = ['run.seed = 5', 'run.keep_checkpoints = 4']
+  config.parse_gin([], study_settings + cli)
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(), command_line=([], cli))
+  assert [c[:4] for c in calls] == [('a', 5, True, 2), ('b', 5, False, 3)]  # quickstart: 2
   assert [r['seed'] for r in rows] == [5, 5]
-  assert (tmp_path / 'variant1' / 'seed5' / study.STUDY_RUN).exists()
-  config.parse_gin([], ['run_study.seeds = (0, 1, 2)'])
-  with pytest.raises(UserError, match=r'run.seed = 1, but run_study.seeds = \(0, 1, 2\).*'
-                                      r'run_study.seeds = \(1,\)'):
+  assert [r['run'].endswith('/seed5') for r in rows] == [True, True]
+  assert (tmp_path / rows[1]['run'] / study.STUDY_RUN).exists()
+  assert all(k == 4 for k in [c[4] for c in calls])
+  gin.clear_config()
+  config.parse_gin([], study_settings + ['run.epochs = 4'])
+  with pytest.raises(UserError, match=r'--gin_bindings sets run.epochs, which the variants of '
+                                      r"study 'ablation' set themselves"):
     study.run_study(str(tmp_path), tf.distribute.get_strategy(),
-                    command_line=([], ['run.seed=1']))
+                    command_line=([], ['run.epochs = 4']))
 
 
 def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
@@ -255,6 +271,13 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   np.testing.assert_allclose(got['B=64']['probe'], (2.0, np.sqrt(7.0)))
   np.testing.assert_allclose(got['B=32']['probe'], (-1.0, 2.0))
   np.testing.assert_allclose(got['B=32']['knn'], (-1.0, 2.0))
+  # Each decay alone, unselected: decay 0 at B=64 is 1 +- 1 above Spectral.
+  np.testing.assert_allclose(got['B=64']['per_decay'][0.0], (1.0, 1.0))
+  np.testing.assert_allclose(got['B=64']['per_decay'][0.99], (2.0, np.sqrt(7.0)))
+  # A diverged decay (NaN probe) is never the chosen one.
+  rows += [{'variant': 'minc decay=0.5 B=64', 'seed': s, 'probe_top1': float('nan'),
+            'knn_top1': 0.0} for s in (0, 1, 2)]
+  assert {d['cell']: d for d in study.sweep_differences(rows)}['B=64']['decay'] == 0.99
 
 
 def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_split(
