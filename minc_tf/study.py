@@ -197,7 +197,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
                     'study\'s own settings instead (run_study.variants, batch_sizes, widths, '
                     'learning_rates or methods, e.g. in --gin_bindings), or run a plain '
                     'train_and_eval.')
-  operative = gin.config_str()
+  shown = {}  # the configuration of the study's first run, printed under its table
   if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
     monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
                                                     for bindings in variants.values()
@@ -215,6 +215,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
         keras.backend.clear_session()
         config.parse_gin(base_gin_files, full)
         configuration = _run_configuration()
+        shown.setdefault('configuration', configuration)
         # The directory is named by the configuration the run trains (parsed, so an edited gin
         # file counts): reordered variants keep their runs; a changed one starts a new run.
         run = os.path.join('runs', _slug(label) + '-' + hashlib.sha256(
@@ -238,7 +239,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
                  'bindings': full, 'row': row}, indent=2))
         rows.append(dict(row, variant=label, run=run))
         if chief:
-          _write(model_dir, name, rows, table_path, operative)
+          _write(model_dir, name, rows, table_path, shown['configuration'])
     return True
 
   if name != 'methods':
@@ -361,6 +362,24 @@ def summarize(rows):
   return table
 
 
+def paired_differences(rows, key='probe_top1'):
+  """{variant: (mean, std)} of `key` minus the first variant's, seed by seed (seeds both
+  have); variants sharing no seed with the first are left out."""
+  by = {}
+  for r in rows:
+    if isinstance(r.get(key), (int, float)):
+      by.setdefault(r['variant'], {})[r.get('seed')] = r[key]
+  if not by:
+    return {}
+  first = next(iter(by.values()))
+  out = {}
+  for variant, values in list(by.items())[1:]:
+    seeds = sorted(set(values) & set(first), key=str)
+    if seeds:
+      out[variant] = _mean_std([values[s] - first[s] for s in seeds])
+  return out
+
+
 def sweep_differences(rows):
   """MINC minus Spectral per sweep cell ('B=64', 'k=256', ...): MINC's summary decay chosen by
   the mean validation probe in that cell, then the per-seed differences (paired by seed), mean
@@ -447,11 +466,16 @@ def _write(model_dir, name, rows, table_path, operative):
   files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
   table = summarize(rows)
   shown = [(k, h) for k, h in _COLUMNS if any(k in e for e in table)]
-  lines = ['| variant | seeds | ' + ' | '.join(h for _, h in shown) + ' |',
-           '|---|---|' + '---|' * len(shown)]
+  # Seeds share the initialisation and the data order across variants, so differences to the
+  # first variant paired by seed are tighter than the rows' own spreads.
+  paired = paired_differences(rows)
+  first = table[0]['variant']
+  lines = ['| variant | seeds | ' + ' | '.join(h for _, h in shown) +
+           ' | probe - first row, paired |', '|---|---|' + '---|' * (len(shown) + 1)]
   for e in table:
     cells = [_pm(e.get(k), 4 if k == 'final_loss' else 1 if k in (
         'feature_effective_rank', 'pretrain_wall_time_s') else 2) for k, _ in shown]
+    cells.append('-' if e['variant'] == first else _pm(paired.get(e['variant'])))
     lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
   base = [r for r in rows if 'random_init_top1' in r]
   if base:
@@ -485,7 +509,9 @@ def _write(model_dir, name, rows, table_path, operative):
                    f"{_pm(d.get('probe'))} | {_pm(d.get('knn'))} |")
   lines.append(f'\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow '
                f'{tf.__version__}, Keras {keras.__version__}.')
-  lines.append('\nBase configuration (before each variant\'s bindings):\n\n```\n' + operative +
+  lines.append(f"\nConfiguration of the first run ({rows[0]['variant']}, seed {rows[0].get('seed')}"
+               f"); every other run adds its variant's bindings (in {name}.json) and its "
+               'seed:\n\n```\n' + operative +
                '```\n')
   text = '\n'.join(lines) + '\n'
   png = os.path.join(model_dir, f'{name}.png')

@@ -206,6 +206,9 @@ def test_seeds_give_mean_and_std_and_a_finished_run_is_read_back(tmp_path, monke
   mean, std = np.mean([70, 72, 77]), np.std([70, 72, 77], ddof=1)
   assert f'| a | 3 | {mean:.2f} +- {std:.2f} | 50.00 +- 0.00 |' in table
   assert '| b | 3 | 61.00 +- 1.00 |' in table
+  # b - a seed by seed: -10, -11, -15.
+  diffs = [-10.0, -11.0, -15.0]
+  assert f'| {np.mean(diffs):.2f} +- {np.std(diffs, ddof=1):.2f} |' in table.split('| b |')[1]
   assert [e['probe_top1'] for e in study.summarize(rows)] == [
       pytest.approx((mean, std)), pytest.approx((61.0, 1.0))]
   calls.clear()
