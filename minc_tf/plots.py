@@ -127,7 +127,7 @@ def plot_differences(differences, path, xlabel, title=''):
     points = [(x * shift, d[key]) for x, d in zip(xs, differences) if key in d]
     if points:
       ax.errorbar([x for x, _ in points], [m for _, (m, _) in points],
-                  yerr=[s for _, (_, s) in points], marker='o', capsize=3, label=label)
+                  yerr=[s or 0.0 for _, (_, s) in points], marker='o', capsize=3, label=label)
   ax.axhline(0.0, color='grey', lw=0.8)
   ax.set_xscale('log', base=2)
   ax.set_xticks(xs)

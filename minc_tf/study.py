@@ -4,8 +4,8 @@ sweeps, the six methods with their learning rates chosen on validation, the grad
   python -m minc_tf.main --mode=study --gin_file=gin/study_ablation.gin --model_dir=/tmp/ablation
 
 Each variant is one train.run (pretraining, then the linear probe on frozen features) per seed,
-under the base gin files plus the variant's bindings, in <model_dir>/variant<i>/seed<s>; the
-table (mean +- std over the seeds) goes to <model_dir>/<name>.md and .json (and to `table_path`
+under the base gin files plus the variant's bindings, in <model_dir>/runs/<hash>/seed<s>;
+the table (mean +- std over the seeds) goes to <model_dir>/<name>.md and .json (and to `table_path`
 when given, e.g. docs/study_ablation.md). docs/study.md has the protocol and the results.
 """
 
@@ -150,8 +150,9 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   Every run parses base_gin_files and the command line's gin files (command_line, from main),
   then common_bindings, the variant's bindings, `run.seed = s` and the command line's bindings,
   which may not set what a variant sets (an error); a run.seed on the command line (file or
-  binding) replaces `seeds`. Runs live in <model_dir>/runs/<label>-<hash of the parsed
-  configuration>/seed<s>.
+  binding) replaces `seeds`. Runs live in <model_dir>/runs/<hash of the parsed configuration,
+  less the evaluation-only settings>/seed<s>, each with a study_run_<hash>.json record per
+  evaluation.
   A run stopped by SIGTERM or Ctrl-C stops the study (its table holds the runs done); rerunning
   the command resumes it. allow_config_change: main's flag, for every variant's train.run.
   """
@@ -161,6 +162,9 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   # main parsed the command line (its files and bindings) before calling: a run.seed bound
   # there, by either, replaces the study's seeds ("the same command with run.seed = 1").
   cli_seed = gin.get_bindings('run').get('seed')
+  command_line_keys = {monitor.binding_key(m.group(1)) for m in re.finditer(
+      r'^([A-Za-z_][\w./]*) = ', gin.config_str(), re.M)} | {
+          monitor.binding_key(b) for b in cli_bindings}
   seeds = list(seeds)
   if cli_seed is not None and seeds != [cli_seed]:
     logging.warning('The command line sets run.seed = %s: the study runs that seed only (not '
@@ -190,13 +194,13 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
       (methods or {}).values()) for b in bindings}
   if name == 'methods':
     varied.add('build_optimizer.base_lr')
-  clashes = sorted(varied & {monitor.binding_key(b) for b in cli_bindings})
+  clashes = sorted(varied & command_line_keys)
   if clashes:
-    raise UserError(f'--gin_bindings sets {", ".join(clashes)}, which the variants of study '
-                    f'{name!r} set themselves (the rows would be mislabelled). Fix: change the '
-                    'study\'s own settings instead (run_study.variants, batch_sizes, widths, '
-                    'learning_rates or methods, e.g. in --gin_bindings), or run a plain '
-                    'train_and_eval.')
+    raise UserError(f'The command line sets {", ".join(clashes)}, which the variants of study '
+                    f'{name!r} set themselves (the rows would be mislabelled). Fix: remove it '
+                    'from the --gin_bindings or --gin_file that sets it and change the study\'s '
+                    'own settings instead (run_study.variants, batch_sizes, widths, '
+                    'learning_rates or methods), or run a plain train_and_eval.')
   shown = {}  # the configuration of the study's first run, printed under its table
   if chief:  # the HParams dashboard over <model_dir> shows the settings the variants change.
     monitor.write_hparams_config(model_dir, sorted({monitor.binding_key(b)
@@ -216,12 +220,15 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
         config.parse_gin(base_gin_files, full)
         configuration = _run_configuration()
         shown.setdefault('configuration', configuration)
-        # The directory is named by the configuration the run trains (parsed, so an edited gin
-        # file counts): reordered variants keep their runs; a changed one starts a new run.
-        run = os.path.join('runs', _slug(label) + '-' + hashlib.sha256(
-            configuration.encode()).hexdigest()[:10], f'seed{seed}')
+        # The directory is named by what the run trains (the parsed configuration, so an edited
+        # gin file counts, less what only evaluation reads), not by the label or position: a
+        # changed variant starts a new run; the same training under other evaluation settings
+        # (baselines, the test split) is evaluated by train.run, which finds it trained, and
+        # keeps a record of its own.
+        run = os.path.join('runs', _digest(_trained(configuration)), f'seed{seed}')
         run_dir = os.path.join(model_dir, run)
-        row = _finished(run_dir, configuration)
+        record = os.path.join(run_dir, f'study_run_{_digest(configuration)}.json')
+        row = _finished(record, configuration)
         if row is None:
           start = time.time()
           result = train.run('train_and_eval', run_dir, strategy,
@@ -234,7 +241,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
                      code=code_version(), total_wall_time_s=round(time.time() - start, 1))
           if chief:
             tf.io.gfile.makedirs(run_dir)
-            files.write(os.path.join(run_dir, STUDY_RUN), json.dumps(
+            files.write(record, json.dumps(
                 {'configuration': configuration, 'gin_files': base_gin_files,
                  'bindings': full, 'row': row}, indent=2))
         rows.append(dict(row, variant=label, run=run))
@@ -286,13 +293,9 @@ def _learning_rate_grid(methods, learning_rates):
           for label, bindings in methods.items() for lr in learning_rates}
 
 
-STUDY_RUN = 'study_run.json'
-
-
-def _finished(run_dir, configuration):
+def _finished(path, configuration):
   """The row of a finished run of exactly this configuration (gin's parsed bindings), else
   None. A row made by other code is read back with a warning (its 'code' says which)."""
-  path = os.path.join(run_dir, STUDY_RUN)
   if not tf.io.gfile.exists(path):
     return None
   try:
@@ -304,11 +307,11 @@ def _finished(run_dir, configuration):
     return None  # a hash collision of the directory name; train.run's identity check refuses
   row = done['row']
   if row.get('code') != code_version():
-    logging.warning('%s was trained by other minc_tf code (%s, now %s); its figures are read '
-                    'back as they are. To retrain, use a new --model_dir.', run_dir,
+    logging.warning('%s was made by other minc_tf code (%s, now %s); its figures are read '
+                    'back as they are. To retrain, use a new --model_dir.', path,
                     row.get('code'), code_version())
   else:
-    logging.info('%s: finished earlier, read back.', run_dir)
+    logging.info('%s: finished earlier, read back.', path)
   return row
 
 
@@ -317,6 +320,15 @@ def _run_configuration():
   lists do not change what a run trains)."""
   return '\n\n'.join(block for block in gin.config_str().split('\n\n')
                      if not block.strip().startswith('# Parameters for run_study:'))
+
+
+# Settings that change what a run evaluates, not what it trains.
+_EVALUATION_ONLY = ('run.baselines = ', 'run.report_test = ')
+
+
+def _trained(configuration):
+  return '\n'.join(line for line in configuration.split('\n')
+                   if not line.startswith(_EVALUATION_ONLY))
 
 
 def code_version():
@@ -330,8 +342,8 @@ def code_version():
   return digest.hexdigest()[:10]
 
 
-def _slug(label):
-  return re.sub(r'[^A-Za-z0-9.=]+', '_', label).strip('_')[:60]
+def _digest(text):
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _best(scores):
@@ -346,7 +358,7 @@ def _best(scores):
 
 def summarize(rows):
   """Per variant (in order of first appearance): {'variant', 'n', key: (mean, std)} over its
-  seeds; std is the sample standard deviation (0 for one seed)."""
+  seeds; std is the sample standard deviation (None for one seed)."""
   out = {}
   for r in rows:
     out.setdefault(r['variant'], []).append(r)
@@ -356,8 +368,7 @@ def summarize(rows):
     for key, _ in _COLUMNS:
       values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
       if values:
-        entry[key] = (float(np.mean(values)),
-                      float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+        entry[key] = _mean_std(values)
     table.append(entry)
   return table
 
@@ -407,21 +418,23 @@ def sweep_differences(rows):
     for key, name in (('probe_top1', 'probe'), ('knn_top1', 'knn')):
       diffs = [by[decay][s][key] - spectral[s][key] for s in seeds]
       if diffs:
-        entry[name] = (float(np.mean(diffs)),
-                       float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+        entry[name] = _mean_std(diffs)
     out.append(entry)
   return out
 
 
 def _pm(value, digits=2):
-  """'mean +- std' of a (mean, std) pair ('-' when missing)."""
+  """'mean +- std' of a (mean, std) pair ('-' when missing; the mean alone for one seed)."""
   if value is None:
     return '-'
+  if value[1] is None:
+    return f'{value[0]:.{digits}f} (1 seed)'
   return f'{value[0]:.{digits}f} +- {value[1]:.{digits}f}'
 
 
 def _mean_std(values):
-  return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+  """(mean, sample std); the std is None for a single value (no spread measured)."""
+  return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
 def _write_variance(model_dir, rows, table_path):
@@ -480,7 +493,8 @@ def _write(model_dir, name, rows, table_path, operative):
   base = [r for r in rows if 'random_init_top1' in r]
   if base:
     line = ('\nSame runs, same probe: random-init encoder '
-            f"{_pm(_mean_std([r['random_init_top1'] for r in base]))} ({len(base)} seeds)")
+            f"{_pm(_mean_std([r['random_init_top1'] for r in base]))}" +
+            (f' ({len(base)} seeds)' if len(base) > 1 else ''))
     if 'raw_pixel_top1' in base[0]:
       line += f", raw pixels {base[0]['raw_pixel_top1']:.2f}"
     tests = [r['test_random_init_top1'] for r in base if 'test_random_init_top1' in r]

@@ -90,8 +90,9 @@ def test_tables(tmp_path):
   docs.mkdir()
   study._write(str(tmp_path / 'run'), 'ablation', rows, str(docs / 'table.md'), 'run.epochs = 1\n')
   text = (tmp_path / 'run' / 'ablation.md').read_text()
-  assert '| a | 1 | 80.00 +- 0.00 | 79.00 +- 0.00 | 20.0 +- 0.0 |' in text
-  assert 'random-init encoder 70.00 +- 0.00 (1 seeds), raw pixels 84.00' in text
+  # One seed: no spread was measured, and none is printed.
+  assert '| a | 1 | 80.00 (1 seed) | 79.00 (1 seed) | 20.0 (1 seed) |' in text
+  assert 'random-init encoder 70.00 (1 seed), raw pixels 84.00' in text
   assert (docs / 'table.md').read_text() == text
   if importlib.util.find_spec('matplotlib'):  # drawn once, the same PNG beside both tables
     png = (tmp_path / 'run' / 'ablation.png').read_bytes()
@@ -136,7 +137,7 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
   assert [h.name for h in experiment.hparam_infos] == ['build_model.summary_decay',
                                                        'view_transforms.grayscale_prob']
   assert 'results/probe_top1' in [m.name.tag for m in experiment.metric_infos]
-  assert [r['run'].split('-')[0] for r in rows] == ['runs/decay_0', 'runs/grayscale_0.5_decay_0.5']
+  assert len({r['run'] for r in rows}) == 2
   sessions = [session_hparams(mux, f"{r['run']}/tensorboard/hparams") for r in rows]
   assert [s['build_model.summary_decay'] for s in sessions] == [0.0, 0.5]
   # Unbound in the first variant: its default, so the dashboard's column has no hole.
@@ -155,8 +156,7 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   calls = []
 
   def fake_run(mode, model_dir, strategy, allow_config_change=False):
-    run = os.path.relpath(model_dir, tmp_path)
-    calls.append((run.split('-')[0] + '/' + os.path.basename(run), allow_config_change))
+    calls.append((os.path.basename(model_dir), allow_config_change))
     done = {'probe_top1': 50.0, 'knn_top1': 50.0, 'feature_effective_rank': 1.0,
             'final_loss': 0.0, 'pretrain_wall_time_s': 1, 'images_per_s': 1}
     return {'preempted': 'SIGINT'} if len(calls) == 2 else done
@@ -164,21 +164,22 @@ def test_a_stopped_variant_stops_the_study_and_the_flag_reaches_every_run(tmp_pa
   config.parse_gin([], ['run_study.variants = {"a": [], "b": [], "c": []}'])
   rows = study.run_study(str(tmp_path), tf.distribute.get_strategy(), allow_config_change=True)
   assert [r['variant'] for r in rows] == ['a']
-  assert calls == [('runs/a/seed0', True), ('runs/b/seed0', True)]
+  assert calls == [('seed0', True), ('seed0', True)]
   assert '| a |' in (tmp_path / 'ablation.md').read_text()
 
 
 def _fake_runs(monkeypatch, probe):
-  """train.run replaced: records (run dir, run.seed, baselines, run.epochs) and returns
-  probe(variant dir, seed) as the probe figure."""
+  """train.run replaced: records (variant, run.seed, baselines, run.epochs, keep_checkpoints)
+  and returns probe(variant, seed) as the probe figure; the variant is told by its binding
+  (test variants: 'a' binds nothing, 'b' run.epochs = 3)."""
   import gin
   from minc_tf import train
   calls = []
 
   def fake_run(mode, model_dir, strategy, allow_config_change=False):
     seed = gin.get_bindings('run')['seed']
-    variant = os.path.basename(os.path.dirname(model_dir)).rsplit('-', 1)[0]
     bound = gin.get_bindings('run')
+    variant = 'b' if bound.get('epochs') == 3 else 'a'
     calls.append((variant, seed, bound.get('baselines', True), bound.get('epochs', 1),
                   bound.get('keep_checkpoints', 3)))
     return {'probe_top1': probe(variant, seed), 'knn_top1': 50.0, 'eval_split': 'validation',
@@ -242,14 +243,22 @@ def test_a_seed_on_the_command_line_is_honoured_and_its_bindings_apply_to_every_
   assert [c[:4] for c in calls] == [('a', 5, True, 2), ('b', 5, False, 3)]  # quickstart: 2
   assert [r['seed'] for r in rows] == [5, 5]
   assert [r['run'].endswith('/seed5') for r in rows] == [True, True]
-  assert (tmp_path / rows[1]['run'] / study.STUDY_RUN).exists()
+  assert len(list((tmp_path / rows[1]['run']).glob('study_run_*.json'))) == 1
   assert all(k == 4 for k in [c[4] for c in calls])
   gin.clear_config()
   config.parse_gin([], study_settings + ['run.epochs = 4'])
-  with pytest.raises(UserError, match=r'--gin_bindings sets run.epochs, which the variants of '
-                                      r"study 'ablation' set themselves"):
+  with pytest.raises(UserError, match=r'The command line sets run.epochs, which the variants '
+                                      r"of study 'ablation' set themselves"):
     study.run_study(str(tmp_path), tf.distribute.get_strategy(),
                     command_line=([], ['run.epochs = 4']))
+  # The same from a command-line gin file (main parsed it before the study).
+  extra = tmp_path / 'extra.gin'
+  extra.write_text('run.epochs = 4\n')
+  gin.clear_config()
+  config.parse_gin([str(extra)], study_settings)
+  with pytest.raises(UserError, match='The command line sets run.epochs'):
+    study.run_study(str(tmp_path), tf.distribute.get_strategy(),
+                    command_line=([str(extra)], []))
 
 
 def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
@@ -266,8 +275,11 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   probes = {'minc decay=0.0 B=64': [70, 71, 72], 'minc decay=0.99 B=64': [73, 74, 69],
             'spectral B=64': [70, 70, 70], 'minc decay=0.0 B=32': [60, 60, 60],
             'minc decay=0.99 B=32': [50, 50, 50], 'spectral B=32': [61, 59, 63]}
-  rows = [{'variant': v, 'seed': s, 'probe_top1': p[s], 'knn_top1': p[s] - 1.0}
-          for v, p in probes.items() for s in (2, 0, 1)]
+  # A diverged decay (NaN probe) comes first: plain max() would keep it.
+  rows = [{'variant': 'minc decay=0.5 B=64', 'seed': s, 'probe_top1': float('nan'),
+           'knn_top1': 0.0} for s in (0, 1, 2)]
+  rows += [{'variant': v, 'seed': s, 'probe_top1': p[s], 'knn_top1': p[s] - 1.0}
+           for v, p in probes.items() for s in (2, 0, 1)]
   got = {d['cell']: d for d in study.sweep_differences(rows)}
   assert [d['x'] for d in study.sweep_differences(rows)] == [32, 64]
   assert got['B=64']['decay'] == 0.99 and got['B=32']['decay'] == 0.0
@@ -277,10 +289,7 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   # Each decay alone, unselected: decay 0 at B=64 is 1 +- 1 above Spectral.
   np.testing.assert_allclose(got['B=64']['per_decay'][0.0], (1.0, 1.0))
   np.testing.assert_allclose(got['B=64']['per_decay'][0.99], (2.0, np.sqrt(7.0)))
-  # A diverged decay (NaN probe) is never the chosen one.
-  rows += [{'variant': 'minc decay=0.5 B=64', 'seed': s, 'probe_top1': float('nan'),
-            'knn_top1': 0.0} for s in (0, 1, 2)]
-  assert {d['cell']: d for d in study.sweep_differences(rows)}['B=64']['decay'] == 0.99
+  assert np.isnan(got['B=64']['per_decay'][0.5][0])
 
 
 def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_split(
@@ -309,3 +318,9 @@ def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_spl
   finals = [(m, best[m], s, True) for s in (0, 1) for m in 'ab']
   assert calls == screen + finals
   assert [r['variant'] for r in rows[-2:]] == ['A (lr 0.002, final)', 'B (lr 0.0005, final)']
+  # The seed-0 finals train what the screen's winners trained: the same directory (train.run
+  # finds them trained and only evaluates), with a record each.
+  run = {(r['variant'], r['seed']): r['run'] for r in rows}
+  assert run[('A (lr 0.002, final)', 0)] == run[('A lr=0.002', 0)]
+  assert run[('A (lr 0.002, final)', 1)] != run[('A lr=0.002', 0)]
+  assert len(list((tmp_path / run[('A lr=0.002', 0)]).glob('study_run_*.json'))) == 2
