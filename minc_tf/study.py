@@ -481,14 +481,17 @@ def _write(model_dir, name, rows, table_path, operative):
   shown = [(k, h) for k, h in _COLUMNS if any(k in e for e in table)]
   # Seeds share the initialisation and the data order across variants, so differences to the
   # first variant paired by seed are tighter than the rows' own spreads.
-  paired = paired_differences(rows)
+  differences = sweep_differences(rows)
+  paired = {} if differences else paired_differences(rows)  # a sweep pairs within each cell
   first = table[0]['variant']
-  lines = ['| variant | seeds | ' + ' | '.join(h for _, h in shown) +
-           ' | probe - first row, paired |', '|---|---|' + '---|' * (len(shown) + 1)]
+  extra = [] if differences else ['probe - first row, paired']
+  lines = ['| variant | seeds | ' + ' | '.join([h for _, h in shown] + extra) + ' |',
+           '|---|---|' + '---|' * (len(shown) + len(extra))]
   for e in table:
     cells = [_pm(e.get(k), 4 if k == 'final_loss' else 1 if k in (
         'feature_effective_rank', 'pretrain_wall_time_s') else 2) for k, _ in shown]
-    cells.append('-' if e['variant'] == first else _pm(paired.get(e['variant'])))
+    if extra:
+      cells.append('-' if e['variant'] == first else _pm(paired.get(e['variant'])))
     lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
   base = [r for r in rows if 'random_init_top1' in r]
   if base:
@@ -507,7 +510,6 @@ def _write(model_dir, name, rows, table_path, operative):
   if splits:
     lines.append(f"\nEvaluated on: {', '.join(splits)} (test columns: the test split, read "
                  'once for a final configuration). Mean +- sample std over the seeds.')
-  differences = sweep_differences(rows)
   if differences:
     decays = sorted({k for d in differences for k in d['per_decay']})
     lines += ['\nMINC minus Spectral per cell, probe top-1 on validation, differences paired by '
