@@ -116,7 +116,7 @@ def plot_study(rows, path, title=''):
 def plot_differences(differences, path, xlabel, title=''):
   """MINC minus Spectral (probe and kNN top-1) per sweep cell with +- 1 std error bars.
 
-  differences: study.sweep_differences' entries ('x', 'probe' and 'knn' as (mean, std)).
+  differences: tables.sweep_differences' entries ('x', 'probe' and 'knn' as (mean, std)).
   """
   plt = _pyplot()
   if plt is None or not differences:

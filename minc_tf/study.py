@@ -12,19 +12,17 @@ when given, e.g. docs/study_ablation.md). docs/study.md has the protocol and the
 import hashlib
 import json
 import os
-import platform
 import re
 import time
 
 from absl import logging
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 
 from minc_tf import files
 from minc_tf import monitor
-from minc_tf import plots
+from minc_tf import tables
 from minc_tf.errors import UserError
 
 # Variants of MINC's open choices (docs/method.md), each a list of gin bindings, on the study's
@@ -37,13 +35,6 @@ ABLATION = {
                                'build_model.summary_decay = 0.99'],
     'spectral contrastive (reference)': ["build_model.method = 'spectral'"],
 }
-
-# Summary columns of a study's table: (results key, header), mean +- std over the seeds.
-_COLUMNS = (('probe_top1', 'probe top-1'), ('knn_top1', 'kNN top-1'),
-            ('test_probe_top1', 'test probe top-1'), ('test_knn_top1', 'test kNN top-1'),
-            ('feature_effective_rank', 'feature eff. rank'), ('final_loss', 'final loss'),
-            ('pretrain_wall_time_s', 'pretrain s'))
-
 
 def _sweep(axis, values, minc_decays, pretrain_pairs, batch_size=None):
   """MINC (each summary decay) and Spectral at every value of `axis` ('batch' or 'width'):
@@ -182,7 +173,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     rows = _variance_study(base_gin_files, bindings_for, batch_sizes, pretrain_steps,
                            num_batches, seeds, variance_batch_size)
     if chief:
-      _write_variance(model_dir, rows, table_path)
+      tables.write_variance(model_dir, rows, table_path)
     return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']} seed={r['seed']}",
              'probe_top1': r['noise_to_signal']} for r in rows]
   if name == 'methods':
@@ -246,7 +237,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
                  'bindings': full, 'row': row}, indent=2))
         rows.append(dict(row, variant=label, run=run))
         if chief:
-          _write(model_dir, name, rows, table_path, shown['configuration'])
+          tables.write(model_dir, name, rows, table_path, shown['configuration'])
     return True
 
   if name != 'methods':
@@ -260,7 +251,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   for label, bindings in methods.items():
     screened = {lr: r.get('probe_top1') for r in rows for lr in learning_rates
                 if r['variant'] == f'{label} lr={lr:g}'}
-    best = _best(screened)
+    best = tables.best(screened)
     finals[f'{label} (lr {best:g}, final)'] = list(bindings) + [
         f'build_optimizer.base_lr = {best!r}']
   run_all(finals, seeds, extra=['run.report_test = True'])
@@ -344,203 +335,3 @@ def code_version():
 
 def _digest(text):
   return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _best(scores):
-  """The key with the highest finite score (a diverged run's NaN never wins)."""
-  finite = {k: v for k, v in scores.items()
-            if isinstance(v, (int, float)) and np.isfinite(v)}
-  if not finite:
-    raise UserError(f'Every screened run diverged or has no probe figure ({scores}). Fix: '
-                    'lower the learning rates of the grid (run_study.learning_rates).')
-  return max(finite, key=finite.get)
-
-
-def summarize(rows):
-  """Per variant (in order of first appearance): {'variant', 'n', key: (mean, std)} over its
-  seeds; std is the sample standard deviation (None for one seed)."""
-  out = {}
-  for r in rows:
-    out.setdefault(r['variant'], []).append(r)
-  table = []
-  for label, group in out.items():
-    entry = {'variant': label, 'n': len(group), 'seeds': [r.get('seed') for r in group]}
-    for key, _ in _COLUMNS:
-      values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
-      if values:
-        entry[key] = _mean_std(values)
-    table.append(entry)
-  return table
-
-
-def paired_differences(rows, key='probe_top1'):
-  """{variant: (mean, std)} of `key` minus the first variant's, seed by seed (seeds both
-  have); variants sharing no seed with the first are left out."""
-  by = {}
-  for r in rows:
-    if isinstance(r.get(key), (int, float)):
-      by.setdefault(r['variant'], {})[r.get('seed')] = r[key]
-  if not by:
-    return {}
-  first = next(iter(by.values()))
-  out = {}
-  for variant, values in list(by.items())[1:]:
-    seeds = sorted(set(values) & set(first), key=str)
-    if seeds:
-      out[variant] = _mean_std([values[s] - first[s] for s in seeds])
-  return out
-
-
-def sweep_differences(rows):
-  """MINC minus Spectral per sweep cell ('B=64', 'k=256', ...): MINC's summary decay chosen by
-  the mean validation probe in that cell, then the per-seed differences (paired by seed), mean
-  +- std. Returns [{'cell', 'x', 'decay', 'n', 'probe': (mean, std), 'knn': (mean, std)}]."""
-  cells = {}
-  for r in rows:
-    m = re.match(r'(minc decay=(\S+)|spectral) ([Bk])=(\d+)$', r['variant'])
-    if m:
-      key = 'spectral' if m.group(2) is None else float(m.group(2))
-      cells.setdefault((m.group(3), int(m.group(4))), {}).setdefault(key, {})[r['seed']] = r
-  out = []
-  for (axis, x), by in sorted(cells.items()):
-    spectral = by.pop('spectral', {})
-    if not by or not spectral:
-      continue
-    decay = _best({d: np.mean([r.get('probe_top1', np.nan) for r in by[d].values()])
-                   for d in by})
-    seeds = sorted(set(by[decay]) & set(spectral))
-    entry = {'cell': f'{axis}={x}', 'x': x, 'decay': decay, 'n': len(seeds), 'per_decay': {}}
-    for d in by:  # each decay alone: no selection, so no bias towards MINC
-      paired = sorted(set(by[d]) & set(spectral))
-      if paired:
-        entry['per_decay'][d] = _mean_std([by[d][s]['probe_top1'] - spectral[s]['probe_top1']
-                                           for s in paired])
-    for key, name in (('probe_top1', 'probe'), ('knn_top1', 'knn')):
-      diffs = [by[decay][s][key] - spectral[s][key] for s in seeds]
-      if diffs:
-        entry[name] = _mean_std(diffs)
-    out.append(entry)
-  return out
-
-
-def _pm(value, digits=2):
-  """'mean +- std' of a (mean, std) pair ('-' when missing; the mean alone for one seed)."""
-  if value is None:
-    return '-'
-  if value[1] is None:
-    return f'{value[0]:.{digits}f} (1 seed)'
-  return f'{value[0]:.{digits}f} +- {value[1]:.{digits}f}'
-
-
-def _mean_std(values):
-  """(mean, sample std); the std is None for a single value (no spread measured)."""
-  return (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None)
-
-
-def _write_variance(model_dir, rows, table_path):
-  tf.io.gfile.makedirs(model_dir)
-  files.write(os.path.join(model_dir, 'variance.json'), json.dumps(rows, indent=2))
-  lines = ['| stage | batch | seeds | MINC noise/signal | Spectral noise/signal | '
-           'MINC / Spectral |', '|---|---|---|---|---|---|']
-  index = {}
-  for r in rows:
-    index.setdefault((r['stage'], r['batch_size']), {}).setdefault(r['method'], {})[
-        r['seed']] = r['noise_to_signal']
-  for (stage, b), by in sorted(index.items(), key=lambda k: (k[0][0] != 'init', k[0][1])):
-    seeds = sorted(set(by.get('minc', {})) & set(by.get('spectral', {})))
-    if not seeds:
-      continue
-    m = [by['minc'][s] for s in seeds]
-    sp = [by['spectral'][s] for s in seeds]
-    ratio = [a / c for a, c in zip(m, sp)]
-    lines.append(f'| {stage} | {b} | {len(seeds)} | {_pm(_mean_std(m), 3)} | '
-                 f'{_pm(_mean_std(sp), 3)} | {_pm(_mean_std(ratio))} |')
-  lines.append('\nNoise-to-signal: E||g - mean g||^2 / ||mean g||^2 over minibatch gradients of '
-               'the online encoder and projector at fixed weights (scale-free, so the two losses '
-               'compare). MINC\'s summary takes in each measured batch (decay * stored M + (1 - '
-               'decay) * the batch moment); its history, the stored M, is the trained one and is '
-               'not resampled, so at decay > 0 only the current batch\'s share of its noise is '
-               'counted. '
-               'Mean +- std over seeds (the ratio per seed, then its mean). Machine: '
-               f'{platform.machine()}, {os.cpu_count()} CPUs.')
-  counts = sorted({r['num_batches'] for r in rows if 'num_batches' in r})
-  if counts:
-    lines.append(f'\n{counts[0]} batches per estimate: when the mean gradient is small against '
-                 f'its noise the estimate tends to n - 1 = {counts[0] - 1} (the squared norm of '
-                 'the mean of n pure-noise gradients is the noise / n), so figures near it say '
-                 'only that the mean gradient is not resolved.')
-  text = '\n'.join(lines) + '\n'
-  for path in filter(None, [os.path.join(model_dir, 'variance.md'), table_path]):
-    files.write(path, text)
-
-
-def _write(model_dir, name, rows, table_path, operative):
-  tf.io.gfile.makedirs(model_dir)
-  files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
-  table = summarize(rows)
-  shown = [(k, h) for k, h in _COLUMNS if any(k in e for e in table)]
-  # Seeds share the initialisation and the data order across variants, so differences to the
-  # first variant paired by seed are tighter than the rows' own spreads.
-  differences = sweep_differences(rows)
-  paired = {} if differences else paired_differences(rows)  # a sweep pairs within each cell
-  first = table[0]['variant']
-  extra = [] if differences else ['probe - first row, paired']
-  lines = ['| variant | seeds | ' + ' | '.join([h for _, h in shown] + extra) + ' |',
-           '|---|---|' + '---|' * (len(shown) + len(extra))]
-  for e in table:
-    cells = [_pm(e.get(k), 4 if k == 'final_loss' else 1 if k in (
-        'feature_effective_rank', 'pretrain_wall_time_s') else 2) for k, _ in shown]
-    if extra:
-      cells.append('-' if e['variant'] == first else _pm(paired.get(e['variant'])))
-    lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
-  base = [r for r in rows if 'random_init_top1' in r]
-  if base:
-    line = ('\nSame runs, same probe: random-init encoder '
-            f"{_pm(_mean_std([r['random_init_top1'] for r in base]))}" +
-            (f' ({len(base)} seeds)' if len(base) > 1 else ''))
-    if 'raw_pixel_top1' in base[0]:
-      line += f", raw pixels {base[0]['raw_pixel_top1']:.2f}"
-    tests = [r['test_random_init_top1'] for r in base if 'test_random_init_top1' in r]
-    if tests:
-      line += f'; on test: random-init {_pm(_mean_std(tests))}'
-      if 'test_raw_pixel_top1' in base[0]:
-        line += f", raw pixels {base[0]['test_raw_pixel_top1']:.2f}"
-    lines.append(line + '.')
-  splits = sorted({r.get('eval_split') for r in rows if r.get('eval_split')})
-  if splits:
-    lines.append(f"\nEvaluated on: {', '.join(splits)} (test columns: the test split, read "
-                 'once for a final configuration). Mean +- sample std over the seeds.')
-  if differences:
-    decays = sorted({k for d in differences for k in d['per_decay']})
-    lines += ['\nMINC minus Spectral per cell, probe top-1 on validation, differences paired by '
-              'seed: at each summary decay, then at the decay with the better mean validation '
-              'probe in the cell (a best-of-' + str(len(decays)) + ' choice against one '
-              'Spectral setting, so it leans towards MINC; the fixed-decay columns do not):\n',
-              '| cell | seeds | ' + ' | '.join(f'decay {k:g}' for k in decays) +
-              ' | chosen decay | chosen: probe | chosen: kNN |',
-              '|---|---|' + '---|' * len(decays) + '---|---|---|']
-    for d in differences:
-      fixed = ' | '.join(_pm(d['per_decay'].get(k)) for k in decays)
-      lines.append(f"| {d['cell']} | {d['n']} | {fixed} | {d['decay']:g} | "
-                   f"{_pm(d.get('probe'))} | {_pm(d.get('knn'))} |")
-  lines.append(f'\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow '
-               f'{tf.__version__}, Keras {keras.__version__}.')
-  lines.append(f"\nConfiguration of the first run ({rows[0]['variant']}, seed {rows[0].get('seed')}"
-               f"); every other run adds its variant's bindings (in {name}.json) and its "
-               'seed:\n\n```\n' + operative +
-               '```\n')
-  text = '\n'.join(lines) + '\n'
-  png = os.path.join(model_dir, f'{name}.png')
-  if differences:
-    axis = 'global batch size B' if differences[0]['cell'].startswith('B') else (
-        'projector output width k')
-    drawn = plots.plot_differences(differences, png, xlabel=axis,
-                                   title=f'study: {name} (MINC minus Spectral)')
-  else:
-    drawn = plots.plot_study([r for r in rows if r.get('seed') == rows[0].get('seed')], png,
-                             title=f'study: {name}')
-  for path in filter(None, [os.path.join(model_dir, f'{name}.md'), table_path]):
-    files.write(path, text)
-    copy = os.path.splitext(path)[0] + '.png'
-    if drawn and copy != png:  # drawn once, copied beside the table
-      tf.io.gfile.copy(png, copy, overwrite=True)

@@ -40,23 +40,3 @@ def test_study_plot(tmp_path):
   h, w, _ = png_shape(plots.plot_study(rows, str(tmp_path / 'sub' / 'sweep.png')))
   assert w > h > 0
   assert np.isfinite(h)
-
-
-def test_sweep_table_and_difference_plot(tmp_path):
-  """A sweep's rows: the table gains MINC - Spectral per cell (each decay and the chosen one)
-  and the PNG is the difference plot, a single-seed cell drawn without an error bar."""
-  from minc_tf import study
-  rows = [{'variant': v, 'seed': s, 'probe_top1': p + s, 'knn_top1': p}
-          for v, p in (('minc decay=0.0 k=64', 70.0), ('minc decay=0.99 k=64', 71.0),
-                       ('spectral k=64', 69.0), ('minc decay=0.0 k=256', 72.0),
-                       ('minc decay=0.99 k=256', 70.0), ('spectral k=256', 72.5))
-          for s in (0, 1)]
-  rows += [{'variant': 'minc decay=0.0 k=1024', 'seed': 0, 'probe_top1': 70.0, 'knn_top1': 1.0},
-           {'variant': 'spectral k=1024', 'seed': 0, 'probe_top1': 69.0, 'knn_top1': 1.0}]
-  study._write(str(tmp_path), 'width_sweep', rows, None, 'run.epochs = 1\n')
-  text = (tmp_path / 'width_sweep.md').read_text()
-  assert '| k=64 | 2 | 1.00 +- 0.00 | 2.00 +- 0.00 | 0.99 | 2.00 +- 0.00 |' in text
-  assert '| k=256 | 2 | -0.50 +- 0.00 | -2.50 +- 0.00 | 0 | -0.50 +- 0.00 |' in text
-  assert '| k=1024 | 1 | 1.00 (1 seed) | - | 0 | 1.00 (1 seed) |' in text
-  h, w, _ = png_shape(str(tmp_path / 'width_sweep.png'))
-  assert w > h > 0

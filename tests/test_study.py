@@ -1,6 +1,5 @@
-"""study.py: the gradient noise-to-signal measure and the tables it writes."""
+"""study.py: the gradient noise-to-signal measure, the variants, seeds and read-back of a study."""
 
-import importlib.util
 import os
 import types
 
@@ -8,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import study
+from minc_tf import tables
 from test_model import batches, compile_model, tiny_model
 
 
@@ -80,35 +80,6 @@ def test_minc_noise_measure_leaves_the_summary_untouched():
   study.gradient_noise_to_signal(m, _repeat(batches(n=8, count=1)), 2)
   np.testing.assert_array_equal(m.summary.numpy(), before)
   assert m.summary_steps.numpy() == 0
-
-
-def test_tables(tmp_path):
-  rows = [{'variant': 'a', 'probe_top1': 80.0, 'knn_top1': 79.0, 'feature_effective_rank': 20.0,
-           'final_loss': -1.0, 'pretrain_wall_time_s': 10, 'images_per_s': 5,
-           'random_init_top1': 70.0, 'raw_pixel_top1': 84.0}]
-  docs = tmp_path / 'docs'
-  docs.mkdir()
-  study._write(str(tmp_path / 'run'), 'ablation', rows, str(docs / 'table.md'), 'run.epochs = 1\n')
-  text = (tmp_path / 'run' / 'ablation.md').read_text()
-  # One seed: no spread was measured, and none is printed.
-  assert '| a | 1 | 80.00 (1 seed) | 79.00 (1 seed) | 20.0 (1 seed) |' in text
-  assert 'random-init encoder 70.00 (1 seed), raw pixels 84.00' in text
-  assert (docs / 'table.md').read_text() == text
-  if importlib.util.find_spec('matplotlib'):  # drawn once, the same PNG beside both tables
-    png = (tmp_path / 'run' / 'ablation.png').read_bytes()
-    assert png[:4] == b'\x89PNG' and (docs / 'table.png').read_bytes() == png
-  # On a remote filesystem (ram://, the stand-in for gs://) nothing lands on the local disk.
-  study._write('ram://tables/run', 'ablation', rows, None, 'run.epochs = 1\n')
-  assert tf.io.gfile.exists('ram://tables/run/ablation.md')
-  if importlib.util.find_spec('matplotlib'):
-    assert tf.io.gfile.exists('ram://tables/run/ablation.png')
-  assert not os.path.exists('ram:')
-  var = [{'method': m, 'stage': 'init', 'batch_size': 64, 'noise_to_signal': v, 'seed': s}
-         for m, vs in (('minc', (2.0, 3.0)), ('spectral', (4.0, 2.0))) for s, v in enumerate(vs)]
-  study._write_variance(str(tmp_path), var, None)
-  # Per-seed ratios 0.5 and 1.5: mean 1, sample std 0.71.
-  assert ('| init | 64 | 2 | 2.500 +- 0.707 | 3.000 +- 1.414 | 1.00 +- 0.71 |' in
-          (tmp_path / 'variance.md').read_text())
 
 
 def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
@@ -210,7 +181,7 @@ def test_seeds_give_mean_and_std_and_a_finished_run_is_read_back(tmp_path, monke
   # b - a seed by seed: -10, -11, -15.
   diffs = [-10.0, -11.0, -15.0]
   assert f'| {np.mean(diffs):.2f} +- {np.std(diffs, ddof=1):.2f} |' in table.split('| b |')[1]
-  assert [e['probe_top1'] for e in study.summarize(rows)] == [
+  assert [e['probe_top1'] for e in tables.summarize(rows)] == [
       pytest.approx((mean, std)), pytest.approx((61.0, 1.0))]
   calls.clear()
   gin.clear_config()  # a new command starts afresh
@@ -261,9 +232,9 @@ def test_a_seed_on_the_command_line_is_honoured_and_its_bindings_apply_to_every_
                     command_line=([str(extra)], []))
 
 
-def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
-  """MINC's decay per cell is the one with the better mean validation probe; the difference
-  to Spectral is taken seed by seed."""
+def test_sweep_cells_train_the_same_pairs_at_every_batch_size():
+  """A sweep's cell: MINC at each decay and Spectral, the steps set so every run sees the same
+  number of view pairs."""
   variants = study._sweep('width', (2048,), (0.0, 0.99), 25600, batch_size=64)
   assert variants['minc decay=0.99 k=2048'] == [
       "build_model.method = 'minc'", 'build_model.summary_decay = 0.99',
@@ -272,24 +243,6 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   assert variants['spectral k=2048'][0] == "build_model.method = 'spectral'"
   assert study._sweep('batch', (32,), (0.0,), 25600)['spectral B=32'][1:] == [
       'run.global_batch_size = 32', 'run.steps_per_epoch = 800']
-  probes = {'minc decay=0.0 B=64': [70, 71, 72], 'minc decay=0.99 B=64': [73, 74, 69],
-            'spectral B=64': [70, 70, 70], 'minc decay=0.0 B=32': [60, 60, 60],
-            'minc decay=0.99 B=32': [50, 50, 50], 'spectral B=32': [61, 59, 63]}
-  # A diverged decay (NaN probe) comes first: plain max() would keep it.
-  rows = [{'variant': 'minc decay=0.5 B=64', 'seed': s, 'probe_top1': float('nan'),
-           'knn_top1': 0.0} for s in (0, 1, 2)]
-  rows += [{'variant': v, 'seed': s, 'probe_top1': p[s], 'knn_top1': p[s] - 1.0}
-           for v, p in probes.items() for s in (2, 0, 1)]
-  got = {d['cell']: d for d in study.sweep_differences(rows)}
-  assert [d['x'] for d in study.sweep_differences(rows)] == [32, 64]
-  assert got['B=64']['decay'] == 0.99 and got['B=32']['decay'] == 0.0
-  np.testing.assert_allclose(got['B=64']['probe'], (2.0, np.sqrt(7.0)))
-  np.testing.assert_allclose(got['B=32']['probe'], (-1.0, 2.0))
-  np.testing.assert_allclose(got['B=32']['knn'], (-1.0, 2.0))
-  # Each decay alone, unselected: decay 0 at B=64 is 1 +- 1 above Spectral.
-  np.testing.assert_allclose(got['B=64']['per_decay'][0.0], (1.0, 1.0))
-  np.testing.assert_allclose(got['B=64']['per_decay'][0.99], (2.0, np.sqrt(7.0)))
-  assert np.isnan(got['B=64']['per_decay'][0.5][0])
 
 
 def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_split(
