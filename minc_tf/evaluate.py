@@ -135,7 +135,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperatur
 def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024,
                         base_learning_rate=0.2, momentum=0.9, nesterov=True, weight_decay=0.0,
                         crop_area=(0.08, 1.0), steps_per_epoch=None, eval_batch_size=None,
-                        seed=0, verbose=0):
+                        seed=0, verbose=0, splits=None):
   """Top-1 (%) of the BYOL linear-evaluation protocol on the frozen encoder.
 
   A linear layer on the encoder's features (inference-mode batch norm, no gradient into the
@@ -143,6 +143,8 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   base_learning_rate * batch_size / 256 cosine-decayed to 0, weight decay `weight_decay` (BYOL:
   none), on random resized crops (area U(crop_area)) and flips of the training split; tested on
   centre crops (0.875) of the evaluation split. Runs under `strategy` (batch_size is global).
+  splits: given a list of splits (e.g. the validation and the test split), the one trained
+  layer is scored on each and a list of top-1s returned, in order.
   """
   strategy = strategy or tf.distribute.get_strategy()
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)
@@ -163,11 +165,12 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
           metrics=['accuracy'])
     classifier.fit(data.linear_eval_dataset(batch_size, seed=seed, crop_area=crop_area),
                    epochs=epochs, steps_per_epoch=steps, verbose=verbose)
-    _, accuracy = classifier.evaluate(
-        data.eval_dataset(data.eval_split, eval_batch_size or batch_size), verbose=verbose)
+    top1 = [100.0 * float(classifier.evaluate(
+        data.eval_dataset(split, eval_batch_size or batch_size), verbose=verbose)[1])
+            for split in (splits or [data.eval_split])]
   finally:
     encoder.trainable = was_trainable
-  return 100.0 * float(accuracy)
+  return top1 if splits is not None else top1[0]
 
 
 def check_settings():

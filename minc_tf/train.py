@@ -37,7 +37,8 @@ MODES = ('train', 'eval', 'export', 'train_and_eval')
 EVAL_KEYS = ('probe_top1', 'knn_top1', 'random_init_top1', 'raw_pixel_top1', 'feature_dim',
              'feature_effective_rank', 'eval_wall_time_s', 'linear_eval_top1',
              'linear_eval_wall_time_s', 'eval_step', 'eval_split', 'test_probe_top1',
-             'test_knn_top1', 'test_random_init_top1', 'test_raw_pixel_top1')
+             'test_knn_top1', 'test_random_init_top1', 'test_raw_pixel_top1',
+             'test_linear_eval_top1')
 CHECKPOINT = 'checkpoint.weights.h5'
 
 
@@ -270,11 +271,13 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   eval_train_examples / eval_test_examples: caps on the examples the offline probe reads (None:
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
-  report_test: also score the probe and kNN on the data's test split (load_data.
+  report_test: also score the probe, kNN and offline linear evaluation on the data's test split
+    (load_data.
     validation_examples holds out a validation split, which evaluation reads otherwise): for a
     final configuration, chosen on validation, read once.
   offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
-    offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1'.
+    offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1' (and
+    'test_linear_eval_top1' with report_test).
   feature_rank_every_steps / feature_rank_per_epoch / feature_rank_images: the effective rank
     of the encoder's features on that many test images is logged at the start and every so
     many steps (None: feature_rank_per_epoch times an epoch), to TensorBoard and to
@@ -347,8 +350,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
                                        strategy, report_test))
       if offline_linear_eval:
         start = time.time()
-        results['linear_eval_top1'] = evaluate.offline_linear_eval(job.model.encoder, job.data,
-                                                                   strategy)
+        splits = [job.data.eval_split] + ([job.data.test_split] if report_test else [])
+        top1 = evaluate.offline_linear_eval(job.model.encoder, job.data, strategy, splits=splits)
+        results['linear_eval_top1'] = top1[0]
+        if report_test:
+          results['test_linear_eval_top1'] = top1[1]
         results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
     if mode in TRAINING:
       title = f'{job.model.method}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'

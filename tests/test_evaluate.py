@@ -52,8 +52,9 @@ def test_linear_probe_separates_separable_data_and_not_random_labels():
                                batch_size=50) <= 65.0
 
 
-def brightness_data(n_train=256, n_test=128, size=8):
-  """Two classes told apart only by brightness, which crops and flips keep."""
+def brightness_data(n_train=256, n_test=128, size=8, flipped_test=False):
+  """Two classes told apart only by brightness, which crops and flips keep. flipped_test: a
+  test split apart from the evaluation split, the same images with every label flipped."""
   rng = np.random.default_rng(2)
 
   def split(n):
@@ -62,9 +63,11 @@ def brightness_data(n_train=256, n_test=128, size=8):
     x = np.clip(level + 25.0 * rng.normal(size=(n, size, size, 1)), 0, 255).astype(np.uint8)
     return x, y.astype(np.int64)
 
-  return data_lib.ImageData('bright', size, 1, 2, n_train, (0.5,), (0.25,),
-                            arrays={'train': split(n_train), 'test': split(n_test)},
-                            eval_split='test')
+  arrays = {'train': split(n_train), 'test': split(n_test)}
+  if flipped_test:
+    arrays['flipped'] = (arrays['test'][0], 1 - arrays['test'][1])
+  return data_lib.ImageData('bright', size, 1, 2, n_train, (0.5,), (0.25,), arrays=arrays,
+                            eval_split='test', test_split='flipped' if flipped_test else None)
 
 
 def small_encoder():
@@ -87,6 +90,19 @@ def test_offline_linear_eval_learns_and_leaves_the_encoder_frozen(distributed, m
   for b, w in zip(before, encoder.weights):
     np.testing.assert_array_equal(b, w.numpy())
   assert encoder.trainable  # restored
+
+
+def test_offline_linear_eval_scores_one_trained_layer_on_each_split():
+  """splits=[eval, test]: the same layer scored twice, the test split read apart. Here the test
+  split is the evaluation split with every label flipped, so its top-1 is 100 minus the
+  evaluation split's exactly, and the first figure is that of a call without splits."""
+  data = brightness_data(flipped_test=True)
+  settings = dict(epochs=6, batch_size=64, base_learning_rate=0.5, seed=0)
+  alone = evaluate.offline_linear_eval(small_encoder(), data, **settings)
+  top1, flipped = evaluate.offline_linear_eval(small_encoder(), data, splits=[data.eval_split, data.test_split],
+                                               **settings)
+  assert top1 == pytest.approx(alone) and top1 >= 90.0
+  assert flipped == pytest.approx(100.0 - top1)
 
 
 def test_linear_eval_views_are_crops_and_flips_of_training_images():

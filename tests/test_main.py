@@ -1,6 +1,7 @@
 """End to end: the launch (flags, gin, errors) and train.run on mock ImageNet (single device and
 MirroredStrategy), on a slice of real Fashion-MNIST, and the exported encoder's round trip."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -81,7 +82,7 @@ def test_batch_not_divisible_by_replicas_is_a_clear_error(tmp_path, mirrored):
 
 
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason='needs apt-get install dataset-fashion-mnist')
-def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
+def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path, monkeypatch):
   """The whole run with its model dir on ram:// (TensorFlow's in-memory filesystem, the offline
   stand-in for gs://): train, checkpoint, rerun (resume), eval, export, results, plot; nothing
   may appear on the local disk."""
@@ -114,15 +115,30 @@ def test_quickstart_on_a_slice_of_fashion_mnist_and_export_round_trip(tmp_path):
               'probe_top1'):
     assert rerun[key] == results[key], key
 
-  # --mode=eval on the trained dir: the step it read, the training figures kept.
+  # --mode=eval on the trained dir: the step it read, the training figures kept; a final
+  # configuration's figures on validation with the test split's beside them, the BYOL linear
+  # evaluation's included.
   gin.clear_config()
   config.parse_gin(['gin/quickstart.gin'], [
       'run.epochs = 5', 'run.eval_train_examples = 1000', 'run.eval_test_examples = 200',
       'run.baselines = False', 'run.knn = False', 'run.verbose = 0',
-      'build_encoder.base_width = 8'])
+      'build_encoder.base_width = 8', 'load_data.validation_examples = 10000',
+      'run.report_test = True', 'run.offline_linear_eval = True',
+      'offline_linear_eval.epochs = 1', 'offline_linear_eval.steps_per_epoch = 2',
+      'offline_linear_eval.batch_size = 8', 'offline_linear_eval.eval_batch_size = 1000'])
+  linear_eval, splits = train.evaluate.offline_linear_eval, []
+
+  @functools.wraps(linear_eval)  # its settings are checked against its signature
+  def spy(*args, **kwargs):
+    splits.append(kwargs.get('splits'))
+    return linear_eval(*args, **kwargs)
+  monkeypatch.setattr(train.evaluate, 'offline_linear_eval', spy)
   train.run('eval', model_dir, tf.distribute.get_strategy())
   with tf.io.gfile.GFile(f'{model_dir}/results.json') as f:
     evaluated = json.load(f)
+  assert evaluated['eval_split'] == 'validation' and splits == [['validation', 'test']]
+  for key in ('probe_top1', 'test_probe_top1', 'linear_eval_top1', 'test_linear_eval_top1'):
+    assert 0 <= evaluated[key] <= 100, key
   assert evaluated['eval_checkpoint_step'] == 3
   assert evaluated['epochs'] == 1 and evaluated['steps'] == 3  # the trained run's, not 5
   assert evaluated['pretrain_wall_time_s'] == results['pretrain_wall_time_s']
