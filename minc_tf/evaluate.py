@@ -167,7 +167,7 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
                    epochs=epochs, steps_per_epoch=steps, verbose=verbose)
     top1 = [100.0 * float(classifier.evaluate(
         data.eval_dataset(split, eval_batch_size or batch_size), verbose=verbose)[1])
-            for split in (splits or [data.eval_split])]
+            for split in ([data.eval_split] if splits is None else splits)]
   finally:
     encoder.trainable = was_trainable
   return top1 if splits is not None else top1[0]

@@ -21,6 +21,8 @@ from minc_tf.errors import UserError
 # Summary columns of a study's table: (results key, header), mean +- std over the seeds.
 COLUMNS = (('probe_top1', 'probe top-1'), ('knn_top1', 'kNN top-1'),
            ('test_probe_top1', 'test probe top-1'), ('test_knn_top1', 'test kNN top-1'),
+           ('linear_eval_top1', 'linear eval top-1'),
+           ('test_linear_eval_top1', 'test linear eval top-1'),
            ('feature_effective_rank', 'feature eff. rank'), ('final_loss', 'final loss'),
            ('pretrain_wall_time_s', 'pretrain s'))
 
@@ -54,14 +56,15 @@ def best(scores):
   return max(finite, key=finite.get)
 
 
-def _by_seed(rows, key, group=lambda r: r['variant']):
-  """{group(row): {seed: row[key]}} over the rows that have a number for `key`, in order of
-  first appearance; rows whose group is None are left out."""
+def _by_seed(rows, key, group=lambda r: r['variant'], missing=None):
+  """{group(row): {seed: row[key]}} in order of first appearance; rows whose group is None are
+  left out, and so are rows without a number for `key` unless `missing` stands in for it."""
   out = {}
   for r in rows:
     g = group(r)
-    if g is not None and isinstance(r.get(key), (int, float)):
-      out.setdefault(g, {})[r.get('seed')] = r[key]
+    value = r.get(key) if isinstance(r.get(key), (int, float)) else missing
+    if g is not None and value is not None:
+      out.setdefault(g, {})[r.get('seed')] = value
   return out
 
 
@@ -113,7 +116,9 @@ def sweep_differences(rows):
       return None
     return (m.group(3), int(m.group(4))), 'spectral' if m.group(2) is None else float(m.group(2))
 
-  probe, knn = _by_seed(rows, 'probe_top1', arm), _by_seed(rows, 'knn_top1', arm)
+  # A run without a probe figure counts as NaN, so a decay missing a seed's figure is never
+  # chosen on the seeds it has.
+  probe, knn = _by_seed(rows, 'probe_top1', arm, np.nan), _by_seed(rows, 'knn_top1', arm)
   out = []
   for cell in sorted({c for c, _ in probe}):
     decays = [d for c, d in probe if c == cell and d != 'spectral']
@@ -145,7 +150,7 @@ def methods_summary(rows):
   finals = [e for e in summarize(rows) if _FINAL.match(e['variant'])]
   test = _by_seed(rows, 'test_probe_top1', lambda r: r['variant'] if _FINAL.match(
       r['variant']) else None)
-  first = next(iter(test.values()), {})
+  first = test.get(finals[0]['variant'], {}) if finals else {}
   for e in finals:
     m = _FINAL.match(e['variant'])
     e.update(method=m.group(1), lr=float(m.group(2)))
@@ -155,6 +160,7 @@ def methods_summary(rows):
 
 
 def _methods_lines(rows):
+  """The methods study's finals and screen tables (none before its first final)."""
   screen, finals = methods_summary(rows)
   if not finals:
     return []
@@ -167,7 +173,9 @@ def _methods_lines(rows):
                  f"{pm(e.get('test_knn_top1'))} | "
                  f"{pm(e.get('test_probe_vs_first')) if 'test_probe_vs_first' in e else '-'} | "
                  f"{pm(e.get('pretrain_wall_time_s'), 1)} |")
-  base = [r for r in rows if 'random_init_top1' in r and _FINAL.match(r['variant'])]
+  # One random-init encoder per seed: the first final's (with run_study.baselines_once off,
+  # every final carries the same seed's baselines again).
+  base = [r for r in rows if 'random_init_top1' in r and r['variant'] == finals[0]['variant']]
   if base:
     def col(key):
       values = [r[key] for r in base if isinstance(r.get(key), (int, float))]
@@ -187,8 +195,9 @@ def _methods_lines(rows):
               '(the chosen rate in bold):\n',
               '| method | ' + ' | '.join(f'lr {lr:g}' for lr in rates) + ' |',
               '|---|' + '---|' * len(rates)]
+    chosen_lr = {e['method']: e['lr'] for e in finals}
     for method, by in screen.items():
-      chosen = best(by)
+      chosen = chosen_lr.get(method)
       lines.append(f'| {method} | ' + ' | '.join(
           '-' if lr not in by else (f'**{by[lr]:.2f}**' if lr == chosen else f'{by[lr]:.2f}')
           for lr in rates) + ' |')
@@ -293,7 +302,7 @@ def write(model_dir, name, rows, table_path, operative):
   tf.io.gfile.makedirs(model_dir)
   files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
   differences = sweep_differences(rows)
-  lines = _methods_lines(rows)
+  lines = _methods_lines(rows) if name == 'methods' else []
   if lines:
     lines += ['\nEvery run, one row per variant:\n']
   # A sweep pairs within its cells; the methods' runs are paired in the finals' table.

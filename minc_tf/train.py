@@ -272,9 +272,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     all; for smoke tests).
   baselines: also probe a randomly initialised encoder and the raw pixels.
   report_test: also score the probe, kNN and offline linear evaluation on the data's test split
-    (load_data.
-    validation_examples holds out a validation split, which evaluation reads otherwise): for a
-    final configuration, chosen on validation, read once.
+    (load_data.validation_examples holds out a validation split, which evaluation reads
+    otherwise): for a final configuration, chosen on validation, read once.
   offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
     offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1' (and
     'test_linear_eval_top1' with report_test).

@@ -60,6 +60,12 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   np.testing.assert_allclose(got['B=64']['per_decay'][0.0], (1.0, 1.0))
   np.testing.assert_allclose(got['B=64']['per_decay'][0.99], (2.0, np.sqrt(7.0)))
   assert np.isnan(got['B=64']['per_decay'][0.5][0])
+  # A decay missing a seed's probe figure is not chosen on the seeds it has.
+  cell = [{'variant': v, 'seed': s, 'probe_top1': p, 'knn_top1': p}
+          for v, p in (('minc decay=0.0 B=128', 70.0), ('minc decay=0.99 B=128', 90.0),
+                       ('spectral B=128', 70.0)) for s in (0, 1, 2)]
+  del cell[4]['probe_top1']  # decay 0.99, seed 1
+  assert tables.sweep_differences(cell)[0]['decay'] == 0.0
 
 
 def test_sweep_table_and_difference_plot(tmp_path):
@@ -85,11 +91,12 @@ def test_sweep_table_and_difference_plot(tmp_path):
 
 def test_methods_table_gives_the_finals_on_test_beside_validation_and_the_screen(tmp_path):
   """The finals: mean +- std per method on validation and test, test probe paired by seed
-  against the first method, the baselines as rows; the screen: each rate's validation probe,
-  the best in bold."""
+  against the first method, the baselines as rows (the first final's, one per seed); the
+  screen: each rate's validation probe, the final's rate in bold."""
   rows = [{'variant': f'{m} lr={lr:g}', 'seed': 0, 'probe_top1': p}
           for m, lr, p in (('A', 5e-4, 70.0), ('A', 1e-3, 72.0), ('B', 5e-4, float('nan')),
                            ('B', 1e-3, 69.0))]
+  rows[1]['random_init_top1'] = 0.0  # a screen run with baselines: not a final's
   a_test, b_test = [80.0, 82.0, 87.0], {1: 81.0, 2: 85.0, 3: 90.0}
   rows += [{'variant': 'A (lr 0.001, final)', 'seed': s, 'probe_top1': 72.0 + s,
             'knn_top1': 71.0, 'test_probe_top1': a_test[s], 'test_knn_top1': 79.0,
@@ -98,7 +105,7 @@ def test_methods_table_gives_the_finals_on_test_beside_validation_and_the_screen
             'test_raw_pixel_top1': 84.0} for s in (0, 1, 2)]
   rows += [{'variant': 'B (lr 0.001, final)', 'seed': s, 'probe_top1': 69.0,
             'knn_top1': 68.0, 'test_probe_top1': b_test[s], 'test_knn_top1': 67.0,
-            'pretrain_wall_time_s': 50.0} for s in (1, 2, 3)]
+            'pretrain_wall_time_s': 50.0, 'random_init_top1': 0.0} for s in (1, 2, 3)]
   screen, finals = tables.methods_summary(rows)
   assert screen == {'A': {5e-4: 70.0, 1e-3: 72.0}, 'B': {5e-4: pytest.approx(
       float('nan'), nan_ok=True), 1e-3: 69.0}}
@@ -116,6 +123,14 @@ def test_methods_table_gives_the_finals_on_test_beside_validation_and_the_screen
           f'{diff.mean():.2f} +- {diff.std(ddof=1):.2f} | 50.0 +- 0.0 |') in text
   assert '| random-init encoder | - | 3 | 61.00 +- 1.00 | - | 62.00 +- 1.00 | - | - | - |' in text
   assert '| raw pixels | - | 3 | 83.00 +- 0.00 | - | 84.00 +- 0.00 | - | - | - |' in text
-  # A diverged rate (NaN) is never the chosen one, even when it comes first.
   assert '| A | 70.00 | **72.00** |' in text and '| B | nan | **69.00** |' in text
   assert 'probe - first row, paired' not in text  # the screen's runs are not paired to A's
+  # The first method without test figures: nothing to pair against, not the next method.
+  untested = [{k: v for k, v in r.items() if not (k == 'test_probe_top1' and
+                                                   r['variant'].startswith('A ('))}
+              for r in rows]
+  assert tables.methods_summary(untested)[1][1]['test_probe_vs_first'] is None
+  # Another study's labels may hold ' lr=' too: no methods tables there, and no crash.
+  tables.write(str(tmp_path / 'other'), 'ablation',
+               [{'variant': 'adam lr=1e-3,wd=0', 'seed': 0, 'probe_top1': 70.0}], None, '')
+  assert '| method | lr |' not in (tmp_path / 'other' / 'ablation.md').read_text()
