@@ -259,7 +259,13 @@ def _summary_lines(rows, paired_column):
     if extra:
       cells.append('-' if e['variant'] == first else pm(paired_to_first.get(e['variant'])))
     lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
-  base = [r for r in rows if 'random_init_top1' in r]
+  # The baselines depend on the seed alone: one per seed, though a run found trained by an
+  # earlier study may carry its own copy beside the seed's first run.
+  base = {}
+  for r in rows:
+    if 'random_init_top1' in r:
+      base.setdefault(r.get('seed'), r)
+  base = list(base.values())
   if base:
     line = ('\nSame runs, same probe: random-init encoder '
             f"{pm(mean_std([r['random_init_top1'] for r in base]))}" +

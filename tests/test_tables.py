@@ -68,6 +68,15 @@ def test_sweep_cells_choose_minc_decay_on_validation_and_pair_seeds():
   assert tables.sweep_differences(cell)[0]['decay'] == 0.0
 
 
+def test_baselines_count_once_per_seed(tmp_path):
+  """Two runs of a seed with the seed's baselines (one found trained by an earlier study):
+  the random-init figure is over the seeds, not the runs."""
+  rows = [{'variant': v, 'seed': s, 'probe_top1': 70.0, 'random_init_top1': 60.0 + 2 * s,
+           'raw_pixel_top1': 83.0} for s in (0, 1) for v in ('a', 'b')]
+  tables.write(str(tmp_path), 'ablation', rows, None, '')
+  assert 'random-init encoder 61.00 +- 1.41 (2 seeds)' in (tmp_path / 'ablation.md').read_text()
+
+
 def test_sweep_table_and_difference_plot(tmp_path):
   """A sweep's rows: the table gains MINC - Spectral per cell (each decay and the chosen one)
   and the PNG is the difference plot, a single-seed cell drawn without an error bar."""
