@@ -278,7 +278,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1' (and
     'test_linear_eval_top1' with report_test).
   feature_rank_every_steps / feature_rank_per_epoch / feature_rank_images: the effective rank
-    of the encoder's features on that many test images is logged at the start and every so
+    of the encoder's features on that many evaluation-split images is logged at the start and every so
     many steps (None: feature_rank_per_epoch times an epoch), to TensorBoard and to
     <model_dir>/curves.json, which training.png plots.
   checkpoint_every_steps / checkpoint_every_secs / keep_checkpoints: training-state checkpoints

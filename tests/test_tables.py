@@ -73,8 +73,11 @@ def test_baselines_count_once_per_seed(tmp_path):
   the random-init figure is over the seeds, not the runs."""
   rows = [{'variant': v, 'seed': s, 'probe_top1': 70.0, 'random_init_top1': 60.0 + 2 * s,
            'raw_pixel_top1': 83.0} for s in (0, 1) for v in ('a', 'b')]
+  for r in rows[1::2]:  # b's runs are finals: the seed's test baselines are theirs
+    r.update(test_random_init_top1=50.0 + 4 * r['seed'], test_raw_pixel_top1=82.0)
   tables.write(str(tmp_path), 'ablation', rows, None, '')
-  assert 'random-init encoder 61.00 +- 1.41 (2 seeds)' in (tmp_path / 'ablation.md').read_text()
+  assert ('random-init encoder 61.00 +- 1.41 (2 seeds), raw pixels 83.00; on test: random-init '
+          '52.00 +- 2.83, raw pixels 82.00.') in (tmp_path / 'ablation.md').read_text()
 
 
 def test_sweep_table_and_difference_plot(tmp_path):
