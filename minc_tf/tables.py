@@ -173,9 +173,7 @@ def _methods_lines(rows):
                  f"{pm(e.get('test_knn_top1'))} | "
                  f"{pm(e.get('test_probe_vs_first')) if 'test_probe_vs_first' in e else '-'} | "
                  f"{pm(e.get('pretrain_wall_time_s'), 1)} |")
-  # One random-init encoder per seed: the first final's (with run_study.baselines_once off,
-  # every final carries the same seed's baselines again).
-  base = [r for r in rows if 'random_init_top1' in r and r['variant'] == finals[0]['variant']]
+  base = _seed_baselines([r for r in rows if r['variant'] == finals[0]['variant']])
   if base:
     def col(key):
       values = [r[key] for r in base if isinstance(r.get(key), (int, float))]
@@ -248,6 +246,18 @@ def _baselines(row):
                       'test_raw_pixel_top1') if k in (row or {})]
 
 
+def _seed_baselines(rows):
+  """One row per seed for the baselines, which depend on the seed alone: the seed's first row
+  with the most of them. Several runs of a seed may carry them (a run found trained by an
+  earlier study keeps its copy; with run_study.baselines_once off every run has them), and
+  a final's carry the test split's too."""
+  base = {}
+  for r in rows:
+    if 'random_init_top1' in r and len(_baselines(r)) > len(_baselines(base.get(r.get('seed')))):
+      base[r.get('seed')] = r
+  return list(base.values())
+
+
 def _summary_lines(rows, paired_column):
   """The per-variant table (mean +- std of every column; with paired_column, each variant's
   probe minus the first's, paired by seed), the baselines and the splits."""
@@ -264,14 +274,7 @@ def _summary_lines(rows, paired_column):
     if extra:
       cells.append('-' if e['variant'] == first else pm(paired_to_first.get(e['variant'])))
     lines.append(f"| {e['variant']} | {e['n']} | " + ' | '.join(cells) + ' |')
-  # The baselines depend on the seed alone: one per seed, though a run found trained by an
-  # earlier study may carry its own copy beside the seed's first run. The seed's row with the
-  # most of them (the test split's too, for a final) speaks for it.
-  base = {}
-  for r in rows:
-    if 'random_init_top1' in r and len(_baselines(r)) > len(_baselines(base.get(r.get('seed')))):
-      base[r.get('seed')] = r
-  base = list(base.values())
+  base = _seed_baselines(rows)
   if base:
     line = ('\nSame runs, same probe: random-init encoder '
             f"{pm(mean_std([r['random_init_top1'] for r in base]))}" +
