@@ -25,6 +25,7 @@ import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from minc_tf import config  # noqa: E402
+from minc_tf import methods  # noqa: E402
 from minc_tf import networks  # noqa: E402
 
 
@@ -60,8 +61,8 @@ def main():
       return default
 
   use_target = bound('build_model.use_target', None)
-  if use_target is None:  # the method's default (model.build_model): on for BYOL's
-    use_target = bound('build_model.method', 'minc') in ('byol', 'linear_byol')
+  if use_target is None:  # the method's default (methods/<method>.py: TARGET)
+    use_target = methods.get(bound('build_model.method', 'minc')).TARGET
   if args.target != 'config':
     use_target = args.target == 'on'
   args.no_target = not use_target

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import files
+from minc_tf import keras_internals
 from minc_tf.errors import UserError
 
 
@@ -129,9 +130,33 @@ class Checkpointer:
   def restore(self, path):
     """Restores one checkpoint (every saved object must match); returns its step."""
     self.build_optimizer()
-    self._ckpt.restore(path).assert_existing_objects_matched()
+    status = self._root_for(path).restore(path)
+    status.assert_existing_objects_matched()
+    # Values the model no longer has (a non-MINC checkpoint's old, never-updated summary) are
+    # allowed; this only silences TensorFlow's warning about them at exit.
+    status.expect_partial()
     logging.info('Restored %s (step %d)', path, self.step)
     return self.step
+
+  def _root_for(self, path):
+    """The checkpoint root that reads `path`: today's, or for a checkpoint written before a
+    method held its own state (MINC's summary was model/summary), one whose model has the
+    method's variables under their old names (Method.LEGACY_CHECKPOINT_NAMES)."""
+    method = getattr(self._model, 'method', None)
+    legacy = getattr(method, 'LEGACY_CHECKPOINT_NAMES', {})
+    if not legacy:
+      return self._ckpt
+    reader = tf.train.load_checkpoint(path)
+    if not all(reader.has_tensor(f'model/{old}/.ATTRIBUTES/VARIABLE_VALUE')
+               for old in legacy.values()):
+      return self._ckpt
+    # The method's variables read the old keys, everything else its usual ones; the assertion
+    # in restore() still demands that every object of the model finds its value.
+    changes = {'method': None}
+    changes.update({old: getattr(method, new) for new, old in legacy.items()})
+    model_view = keras_internals.checkpoint_view(self._model, changes)
+    return tf.train.Checkpoint(model=model_view, optimizer=self._model.optimizer,
+                               data_seed=self.data_seed)
 
   def restore_latest(self, required=False):
     """Restores the newest readable checkpoint; returns its step (0 when there is none).

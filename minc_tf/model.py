@@ -1,20 +1,21 @@
-"""The self-supervised Keras model: online / target networks, MINC summary state, train_step.
+"""The self-supervised Keras model: online / target networks, the method, train_step.
 
 One class serves every method, so that MINC and its baselines share the encoder, the input
-pipeline, the optimizer and the probe, and differ only where the method does:
+pipeline, the optimizer and the probe, and differ only where the method does (methods/):
 
-  method        online                       target                  loss
-  minc          encoder+projector(+pred.)    EMA copy (or sg online)  minc_loss with summary M
-  spectral      encoder+projector            none                    spectral_contrastive_loss
-  simclr        encoder+projector            none                    simclr_loss
-  byol          encoder+projector+MLP pred.  EMA copy                byol_loss
-  linear_byol   encoder+projector+lin. pred. EMA copy                byol_loss
-  simsiam       encoder+projector+MLP pred.  sg(online)              byol_loss
+  method        online                       target                  loss (methods/<file>)
+  minc          encoder+projector(+pred.)    EMA copy (or sg online)  minc.py, summary M
+  spectral      encoder+projector            none                    spectral.py
+  simclr        encoder+projector            none                    simclr.py
+  byol          encoder+projector+MLP pred.  EMA copy                byol.py
+  linear_byol   encoder+projector+lin. pred. EMA copy                byol.py
+  simsiam       encoder+projector+MLP pred.  sg(online)              byol.py
 
-The model owns all state a checkpoint needs: online and target weights, the summary statistic
-and its step count, the optimizer.
+The model owns all state a checkpoint needs: online and target weights, the method's own state
+(MINC's summary and its step count), the optimizer.
 """
 
+import inspect
 import math
 
 import gin
@@ -22,11 +23,10 @@ import keras
 import tensorflow as tf
 
 from minc_tf import losses
+from minc_tf import methods
 from minc_tf import networks
 from minc_tf import optim
 from minc_tf.errors import int_at_least, one_of, real_in, require
-
-METHODS = ('minc', 'spectral', 'simclr', 'byol', 'linear_byol', 'simsiam')
 
 
 def target_tau(step, total_steps, tau_base):
@@ -49,13 +49,9 @@ class SSLModel(keras.Model):
   (image, label) and measure the probe.
   """
 
-  def __init__(self, encoder, projector, predictor=None, target_encoder=None,
-               target_projector=None, method='minc', num_classes=0, mu=1.0, temperature=0.1,
-               summary_decay=0.99, summary_source='target', summary_centered=False,
-               lower_triangular=False, tau_base=0.99, total_steps=1, **kwargs):
+  def __init__(self, encoder, projector, method, predictor=None, target_encoder=None,
+               target_projector=None, num_classes=0, tau_base=0.99, total_steps=1, **kwargs):
     super().__init__(**kwargs)
-    if method not in METHODS:
-      raise ValueError(f'unknown method {method!r}; choose one of {METHODS}')
     self.method = method
     self.encoder = encoder
     self.projector = projector
@@ -72,12 +68,6 @@ class SSLModel(keras.Model):
                            pair_variables(target_projector, projector))
       for v in target_encoder.weights + target_projector.weights:
         v.trainable = False
-    self.mu = mu
-    self.temperature = temperature
-    self.summary_decay = summary_decay
-    self.summary_source = summary_source
-    self.summary_centered = summary_centered
-    self.lower_triangular = lower_triangular
     self.tau_base = tau_base
     self.total_steps = total_steps
     self.num_classes = num_classes
@@ -85,13 +75,6 @@ class SSLModel(keras.Model):
     # augment.batch_views(...) when the views are made on the accelerator (run.augment_on_device).
     self.device_views = None
 
-    k = projector.output_shape[-1]
-    # Every replica computes the same (all-reduced) update, so per-replica assignment keeps the
-    # mirrored copies identical; autocast=False keeps the summary in float32 under bf16.
-    self.summary = self.add_weight(shape=(k, k), initializer='zeros', trainable=False,
-                                   autocast=False, name='summary')
-    self.summary_steps = self.add_weight(shape=(), initializer='zeros', trainable=False,
-                                         autocast=False, name='summary_steps')
     # `loss` is the method's loss alone; the probe's cross-entropy is logged beside it (its
     # gradient reaches only the probe, through stop_gradient features).
     self.loss_tracker = keras.metrics.Mean(name='loss')
@@ -100,10 +83,9 @@ class SSLModel(keras.Model):
     # crops, not a held-out figure (evaluate.py measures those).
     self.probe_acc = keras.metrics.SparseCategoricalAccuracy(name='probe_train_acc')
     self.feature_std = keras.metrics.Mean(name='feature_std')
-    # The loss split into its alignment (attract) and uniformity / normalisation (repel) terms;
-    # BYOL-type losses have a single term.
-    self.term_trackers = {} if method in ('byol', 'linear_byol', 'simsiam') else {
-        name: keras.metrics.Mean(name=f'loss_{name}') for name in ('attract', 'repel')}
+    # The loss split into the terms the method names (attract / repel for the contrastive
+    # family; BYOL-type losses have a single term).
+    self.term_trackers = {name: keras.metrics.Mean(name=f'loss_{name}') for name in method.TERMS}
 
   @property
   def metrics(self):
@@ -151,60 +133,20 @@ class SSLModel(keras.Model):
     return tf.stop_gradient(
         self.target_projector(self.target_encoder(x, training=True), training=True))
 
-  def _summary_matrix(self, s1, s2, update=True):
-    """Updates the EMA of the global second moment and returns its bias-corrected value.
-
-    update=False reads the summary as it stands (the batch's own moment before any update), for
-    measurements that must not change the model's state.
-    """
-    batch_moment = losses.batch_second_moment(s1, s2, centered=self.summary_centered)
-    decay = self.summary_decay
-    if not update:
-      steps = self.summary_steps
-      current = self.summary / (1.0 - tf.pow(decay, tf.maximum(steps, 1.0))) if decay > 0 \
-          else self.summary
-      return tf.where(steps > 0, current, batch_moment)
-    self.summary.assign(decay * self.summary + (1.0 - decay) * batch_moment)
-    self.summary_steps.assign_add(1.0)
-    # Adam-style bias correction: the EMA starts at zero.
-    return self.summary / (1.0 - tf.pow(decay, self.summary_steps)) if decay > 0 else self.summary
-
-  def compute_ssl_loss(self, x1, x2, training=True, update_summary=True):
+  def compute_ssl_loss(self, x1, x2, training=True, update_state=True):
     """The method's loss on one (local) batch of view pairs; global under a strategy.
 
     Returns (loss, features of view 1, projections of view 1, {term name: value}).
+    update_state=False leaves the method's own state (MINC's summary) as it is.
     """
     n = tf.shape(x1)[0]
-    h, z, q = self._online(tf.concat([x1, x2], axis=0), training)
-    h1 = h[:n]
+    x = tf.concat([x1, x2], axis=0)
+    h, z, q = self._online(x, training)
     z = tf.cast(z, tf.float32)
     q = tf.cast(q, tf.float32)
-    z1, z2 = z[:n], z[n:]
-    q1, q2 = q[:n], q[n:]
-    terms = {}
-    if self.method == 'spectral':
-      loss, terms = losses.spectral_contrastive_loss(z1, z2, mu=self.mu, return_terms=True)
-    elif self.method == 'simclr':
-      loss, terms = losses.simclr_loss(z1, z2, temperature=self.temperature, return_terms=True)
-    else:
-      t = tf.cast(self._target(tf.concat([x1, x2], axis=0), z), tf.float32)
-      if self.method == 'minc':
-        # Scale control: the radial clip bounds ||z||^2 <= mu; without it the quadratic term lets
-        # the outputs grow until the step diverges.
-        q = losses.radial_clip(q, self.mu)
-        t = losses.radial_clip(t, self.mu)
-        src = t if self.summary_source == 'target' else tf.stop_gradient(
-            losses.radial_clip(z, self.mu))
-        m = self._summary_matrix(src[:n], src[n:], update=update_summary)
-        loss, terms = losses.minc_loss(q[:n], q[n:], t[:n], t[n:], m,
-                                       lower_triangular=self.lower_triangular,
-                                       return_terms=True)
-        scale = 1.0 if self.mu is None else self.mu
-        loss /= scale
-        terms = {name: v / scale for name, v in terms.items()}
-      else:
-        loss = losses.byol_loss(q1, q2, t[:n], t[n:])
-    return loss, h1, z1, terms
+    t = tf.cast(self._target(x, z), tf.float32) if self.method.TARGET_OUTPUTS else None
+    loss, terms = self.method.loss(z, q, t, update_state=update_state)
+    return loss, h[:n], z[:n], terms
 
   # --- Keras hooks -----------------------------------------------------------------------------
 
@@ -293,31 +235,32 @@ def pair_variables(target, online):
   return pairs
 
 
-@gin.configurable
 def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(4096,),
                 projector_dim=256, predictor='none', predictor_hidden=(4096,), use_target=None,
-                mu=1.0, temperature=0.1, summary_decay=0.99, summary_source='target',
-                summary_centered=False, lower_triangular=False, tau_base=0.99, total_steps=1,
-                sync_bn=False, byol_preset=None):
+                tau_base=0.99, total_steps=1, sync_bn=False, byol_preset=None, **settings):
   """Builds the SSL model for `method` (call inside strategy.scope()).
 
   predictor: 'none', 'mlp' (hidden predictor_hidden -> projector_dim) or 'linear'.
-    Defaults per method when left 'none': byol/simsiam 'mlp', linear_byol 'linear'.
+    Left 'none', the method's default (methods/: byol/simsiam 'mlp', linear_byol 'linear').
   use_target: EMA target network on/off; None means the method's default (on for byol and
     linear_byol; off for the rest, MINC included: chosen when the ablation's target was frozen
-    by a since-fixed bug, see docs/method.md for the live-target rerun). MINC without a target
-    uses sg(online outputs).
-  mu: output scale control, radial clip ||z|| <= sqrt(mu) (MINC, Spectral); None disables it.
-  summary_decay: EMA decay of MINC's second-moment summary; 0 uses the current batch only.
-  summary_source: 'target' or 'online' outputs feed the summary; summary_centered subtracts
-    the mean's outer product.
-  lower_triangular: MINC's GHA / Sanger form (ordered features).
+    by a since-fixed bug, see docs/method.md for the live-target rerun). A method without a
+    target that reads target outputs uses sg(online outputs).
   tau_base: target EMA base rate of BYOL's cosine schedule over total_steps; byol_preset (100,
     300 or 1000 epochs) takes it from BYOL's table instead.
+  **settings: the methods' own settings (methods.settings(): mu, temperature, summary_decay,
+    summary_source, summary_centered, lower_triangular), bound in gin as build_model.<name>
+    like the rest; a method reads its own and the others keep their defaults.
   """
   if byol_preset is not None:
     tau_base = optim.preset(byol_preset)[2]
-  require('build_model.method', method, one_of(METHODS))
+  require('build_model.method', method, one_of(methods.names()))
+  declared = methods.settings()
+  unknown = sorted(set(settings) - set(declared))
+  if unknown:
+    raise TypeError(f'build_model() got unexpected keyword arguments {unknown}')
+  for name, setting in declared.items():
+    require(f'build_model.{name}', settings.get(name, setting.default), setting.check)
   widths = (lambda v: isinstance(v, (list, tuple)) and all(int_at_least(1)[0](w) for w in v),
             'a list of integers >= 1')
   require('build_model.projector_hidden', projector_hidden, widths)
@@ -325,17 +268,13 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   require('build_model.predictor', predictor, one_of(('none', 'mlp', 'linear')))
   require('build_model.predictor_hidden', predictor_hidden, widths)
   require('build_model.use_target', use_target, one_of((None, True, False)))
-  require('build_model.mu', mu, real_in(0, math.inf, low_open=True, optional=True))
-  require('build_model.temperature', temperature, real_in(0, math.inf, low_open=True))
-  require('build_model.summary_decay', summary_decay, real_in(0, 1, high_open=True))
-  require('build_model.summary_source', summary_source, one_of(('target', 'online')))
   # tau = 1 would freeze the target at its initialisation.
   require('build_model.tau_base', tau_base, real_in(0, 1, high_open=True))
+  cls = methods.get(method)
   if predictor == 'none':
-    predictor = {'byol': 'mlp', 'simsiam': 'mlp', 'linear_byol': 'linear'}.get(method, 'none')
+    predictor = cls.PREDICTOR
   if use_target is None:
-    # MINC: no target, as chosen by the first ablation (docs/method.md has the live rerun).
-    use_target = method in ('byol', 'linear_byol')
+    use_target = cls.TARGET
 
   def online_and_target(prefix):
     encoder = networks.build_encoder(image_shape, sync_bn=sync_bn, name=f'{prefix}encoder')
@@ -354,10 +293,24 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
     hidden = predictor_hidden if predictor == 'mlp' else ()
     pred = networks.build_mlp(projector_dim, hidden, projector_dim, sync_bn=sync_bn,
                               name='predictor')
-  model = SSLModel(encoder, projector, pred, target_encoder, target_projector, method=method,
-                   num_classes=num_classes, mu=mu, temperature=temperature,
-                   summary_decay=summary_decay, summary_source=summary_source,
-                   summary_centered=summary_centered, lower_triangular=lower_triangular,
-                   tau_base=tau_base, total_steps=total_steps)
+  own = {name: settings.get(name, declared[name].default) for name in cls.SETTINGS}
+  model = SSLModel(encoder, projector, cls(projector_dim, use_target, **own), pred,
+                   target_encoder, target_projector, num_classes=num_classes, tau_base=tau_base,
+                   total_steps=total_steps)
   model.build_all()
   return model
+
+
+def _with_method_settings(fn):
+  """fn whose signature also names every method's settings (keyword-only, with defaults), so
+  that gin accepts build_model.<setting> for those and still rejects a typo; gin passes only
+  the bound ones, and build_model fills in the rest from the same table."""
+  sig = inspect.signature(fn)
+  params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+  params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=s.default)
+             for name, s in methods.settings().items()]
+  fn.__signature__ = sig.replace(parameters=params)
+  return fn
+
+
+build_model = gin.configurable('build_model')(_with_method_settings(build_model))

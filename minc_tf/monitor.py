@@ -26,6 +26,7 @@ from tensorboard.plugins.hparams import api as hp
 from minc_tf import evaluate
 from minc_tf import files
 from minc_tf import model as model_lib
+from minc_tf import spectrum
 
 
 # results.json figures a run's HParams carry as metrics, written as `results/<name>` scalars.
@@ -37,22 +38,6 @@ HPARAM_METRICS = ('probe_top1', 'knn_top1', 'linear_eval_top1', 'random_init_top
 def _scalar(value):
   """A logged value as a float; multi-worker logs carry a leading axis of 1."""
   return float(np.asarray(value).reshape(-1)[0])
-
-
-def feature_effective_rank(features):
-  """Effective rank of a [n, d] feature matrix: of the singular values of the centred matrix
-  (RankMe, Garrido et al. 2023). Not the eigenvalues of the covariance (their squares); the
-  MINC summary's rank, `summary/eigenvalue_effective_rank`, is of its eigenvalues."""
-  f = np.asarray(features, np.float64)
-  return effective_rank(np.linalg.svd(f - f.mean(0, keepdims=True), compute_uv=False))
-
-
-def effective_rank(eigenvalues):
-  """exp(entropy) of the normalised spectrum (Roy & Vetterli 2007); k for a flat spectrum."""
-  p = np.clip(np.asarray(eigenvalues, np.float64), 0.0, None)
-  p = p / max(p.sum(), 1e-12)
-  p = p[p > 0]
-  return float(np.exp(-np.sum(p * np.log(p))))
 
 
 def writing(writer, step):
@@ -187,7 +172,7 @@ class Monitor(keras.callbacks.Callback):
           (images, np.zeros(len(images), np.int64))).batch(batch)
     feats, _ = evaluate.extract_features(self.model.encoder, self._rank_ds, strategy,
                                          cache=self._embed)
-    self._record('feature_effective_rank', step, feature_effective_rank(feats))
+    self._record('feature_effective_rank', step, spectrum.feature_effective_rank(feats))
 
   def on_train_begin(self, logs=None):
     step = self._step()
@@ -232,17 +217,8 @@ class Monitor(keras.callbacks.Callback):
       if self._last is not None and step > self._last[1]:
         self._record('images_per_s', step, (step - self._last[1]) * self._batch /
                      max(now - self._last[0], 1e-9))
-      summary = model.summary.numpy().astype(np.float64)
-      # A NaN step is the guard's to report; its summary has no spectrum.
-      if (model.method == 'minc' and float(model.summary_steps.numpy()) > 0 and
-          np.isfinite(summary).all()):
-        decay = model.summary_decay
-        if decay > 0:
-          summary /= 1.0 - decay ** float(model.summary_steps.numpy())
-        eig = np.sort(np.linalg.eigvalsh((summary + summary.T) / 2))[::-1]
-        self._record('summary/eigenvalue_effective_rank', step, effective_rank(eig))
-        for i, value in enumerate(eig[:self._num_eig]):
-          tf.summary.scalar(f'summary/eigenvalue_{i}', float(value))
+      for tag, value in model.method.diagnostics(self._num_eig).items():
+        self._record(tag, step, value)
     self._last = (now, step)
 
   def on_epoch_end(self, epoch, logs=None):

@@ -66,17 +66,16 @@ def gradient_noise_to_signal(model, dataset, num_batches, summary_noise=True):
   resampled: the measure is conditional on the trained state.
   """
   variables = model.encoder.trainable_variables + model.projector.trainable_variables
-  summary = getattr(model, 'summary', None)
+  state = list(model.method.weights)  # the method's own state (MINC's summary), restored after
   grads = []
   for (x1, x2), _ in dataset.take(num_batches):
-    kept = (summary.numpy(), model.summary_steps.numpy()) if summary is not None else None
+    kept = [v.numpy() for v in state]
     with tf.GradientTape() as tape:
       loss, _, _, _ = model.compute_ssl_loss(x1, x2, training=True,
-                                             update_summary=summary_noise and kept is not None)
+                                             update_state=summary_noise and bool(state))
     grads.append(tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, variables)], 0))
-    if kept is not None:
-      summary.assign(kept[0])
-      model.summary_steps.assign(kept[1])
+    for v, value in zip(state, kept):
+      v.assign(value)
   if len(grads) < 2:
     raise UserError(f'The gradient noise needs at least 2 batches; the dataset gave '
                     f'{len(grads)}. Fix: raise run_study.num_batches or use more data.')

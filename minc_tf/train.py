@@ -30,6 +30,7 @@ from minc_tf import monitor
 from minc_tf import networks
 from minc_tf import optim
 from minc_tf import plots
+from minc_tf import spectrum
 from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
@@ -356,7 +357,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
           results['test_linear_eval_top1'] = top1[1]
         results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
     if mode in TRAINING:
-      title = f'{job.model.method}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
+      title = f'{job.model.method.name}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
       if 'probe_top1' in results:
         title += f": linear probe {results['probe_top1']:.2f}%"
       if plots.plot_run(fit.monitor.curves, job.out('training.png'), title):
@@ -586,7 +587,7 @@ def _training_results(job, start_step, fit):
   """results.json's figures of a training run: what this fit() measured, or, for a rerun of a
   finished run (which trains nothing), what its training measured."""
   step = job.checkpointer.step
-  results = {'method': job.model.method, 'dataset': job.data.name, 'epochs': job.epochs,
+  results = {'method': job.model.method.name, 'dataset': job.data.name, 'epochs': job.epochs,
              'batch_size': job.global_batch_size, 'steps': job.steps_per_epoch * job.epochs,
              'replicas': job.strategy.num_replicas_in_sync}
   previous = _read_results(job) if step == start_step else {}
@@ -647,7 +648,7 @@ def _restored_results(job):
     previous = {k: v for k, v in previous.items() if k not in EVAL_KEYS}
   # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
   # and keep what the training run measured (losses, wall time) beside the new figures.
-  results = {**previous, 'method': job.model.method, 'dataset': job.data.name,
+  results = {**previous, 'method': job.model.method.name, 'dataset': job.data.name,
              'batch_size': job.global_batch_size,
              'replicas': job.strategy.num_replicas_in_sync, f'{mode}_checkpoint_step': step}
   if mode == 'export':
@@ -745,7 +746,7 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
 
   feats = probe('probe', encoder)
   out['feature_dim'] = int(feats.shape[1])
-  out['feature_effective_rank'] = monitor.feature_effective_rank(feats[:20000])
+  out['feature_effective_rank'] = spectrum.feature_effective_rank(feats[:20000])
   if baselines:
     with strategy.scope():
       random_encoder = networks.build_encoder(data.image_shape, name='random_encoder')

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from minc_tf import losses
+from minc_tf import methods
 from minc_tf import model as model_lib
 from minc_tf import optim
 from minc_tf import train  # noqa: F401  (registers the configurables quickstart.gin binds)
@@ -48,7 +49,7 @@ def compile_model(m, lr=0.1, jit_compile=False):
   m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), jit_compile=jit_compile)
 
 
-@pytest.mark.parametrize('method', model_lib.METHODS + ('minc_with_target',))
+@pytest.mark.parametrize('method', methods.names() + ('minc_with_target',))
 def test_train_step_compiles_with_xla(method):
   kw = {'use_target': True, 'tau_base': 0.9} if method == 'minc_with_target' else {
       'tau_base': 0.9}
@@ -68,11 +69,11 @@ def test_train_step_compiles_with_xla(method):
   if m.target_encoder is not None:
     _check_target_ema(m, target_before, [o.numpy() for _, o in m.target_pairs],
                       model_lib.target_tau(2, 10, 0.9).numpy())
-  if m.method == 'minc':
-    assert m.summary_steps.numpy() == 2 and np.abs(m.summary.numpy()).max() > 0
+  if m.method.name == 'minc':
+    assert m.method.summary_steps.numpy() == 2 and np.abs(m.method.summary.numpy()).max() > 0
 
 
-@pytest.mark.parametrize('method', ['minc', 'spectral', 'byol'])
+@pytest.mark.parametrize('method', methods.names())
 def test_mirrored_training_equals_single_device(mirrored, method):
   # lr 0.02: at 0.1 two BYOL steps of this 8x8 net amplify a 1e-7 relative change of one input
   # into 2e-4 in a BN beta (measured), so reduction-order round-off alone would fail the test.
@@ -124,22 +125,22 @@ def test_summary_is_bias_corrected_ema_of_target_second_moment():
   t = target_out(x1, x2)
   np.testing.assert_allclose(loss.numpy(), _np_minc(t, t, moment[0]), rtol=1e-4)
   assert abs(_np_minc(t, t, moment[0]) - _np_minc(t, t, 0.1 * moment[0])) > 1e-2
-  np.testing.assert_allclose(m.summary.numpy(), 0.1 * moment[0], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m.method.summary.numpy(), 0.1 * moment[0], rtol=1e-4, atol=1e-6)
 
   m2 = tiny_model('minc', summary_decay=0.9, use_target=True, mu=None)
   compile_model(m2, lr=0.0)
   m2.fit(dataset(data), epochs=1, verbose=0)
   raw = 0.9 * 0.1 * moment[0] + 0.1 * moment[1]
-  np.testing.assert_allclose(m2.summary.numpy(), raw, rtol=1e-4, atol=1e-6)
-  assert m2.summary_steps.numpy() == 2
+  np.testing.assert_allclose(m2.method.summary.numpy(), raw, rtol=1e-4, atol=1e-6)
+  assert m2.method.summary_steps.numpy() == 2
   # update=False reads the corrected matrix raw / (1 - 0.9^2) and leaves the state alone.
-  loss, _, _, _ = m2.compute_ssl_loss(x1, x2, training=True, update_summary=False)
+  loss, _, _, _ = m2.compute_ssl_loss(x1, x2, training=True, update_state=False)
   np.testing.assert_allclose(loss.numpy(), _np_minc(t, t, raw / (1 - 0.81)), rtol=1e-4)
-  np.testing.assert_allclose(m2.summary.numpy(), raw, rtol=1e-4, atol=1e-6)
-  assert m2.summary_steps.numpy() == 2
+  np.testing.assert_allclose(m2.method.summary.numpy(), raw, rtol=1e-4, atol=1e-6)
+  assert m2.method.summary_steps.numpy() == 2
   # Before any update, update=False uses the batch's own moment.
   m3 = tiny_model('minc', summary_decay=0.9, use_target=True, mu=None)
-  loss, _, _, _ = m3.compute_ssl_loss(x1, x2, training=True, update_summary=False)
+  loss, _, _, _ = m3.compute_ssl_loss(x1, x2, training=True, update_state=False)
   np.testing.assert_allclose(loss.numpy(), _np_minc(t, t, moment[0]), rtol=1e-4)
 
 
@@ -257,7 +258,7 @@ def test_mixed_bfloat16_step_is_close_to_float32():
       m = tiny_model('minc', use_target=True)
       compile_model(m, lr=0.0)
       losses_by_policy[policy] = m.fit(dataset(data), epochs=1, verbose=0).history['loss'][0]
-      assert m.summary.dtype == 'float32'
+      assert m.method.summary.dtype == 'float32'
       assert all(w.dtype == 'float32' for w in m.target_encoder.weights)
     finally:
       keras.mixed_precision.set_global_policy('float32')
@@ -311,7 +312,7 @@ def test_steps_per_execution_runs_the_host_loop():
   m = tiny_model('minc')
   m.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=2)
   history = m.fit(dataset(batches(count=4)), epochs=1, verbose=0)
-  assert m.optimizer.iterations.numpy() == 4 and m.summary_steps.numpy() == 4
+  assert m.optimizer.iterations.numpy() == 4 and m.method.summary_steps.numpy() == 4
   assert np.isfinite(history.history['loss'][-1])
 
 

@@ -39,8 +39,35 @@ def _pinned_method(case):
   return values, loss
 
 
-def assert_same_variables(actual, pinned, what, rtol=1e-5, atol=1e-6):
+# Deliberate moves since the pins were written, each with its reason. Issue 24 (methods/):
+# MINC's summary moved from the model to the MINC method layer; the other methods no longer
+# carry one (it was never updated for them: the pins hold zeros, checked below).
+RENAMED = {'model/ssl_model/summary': 'minc/minc/summary',
+           'model/ssl_model/summary_steps': 'minc/minc/summary_steps'}
+CHECKPOINT_RENAMED = {'model/summary/.ATTRIBUTES/VARIABLE_VALUE':
+                      'model/method/summary/.ATTRIBUTES/VARIABLE_VALUE',
+                      'model/summary_steps/.ATTRIBUTES/VARIABLE_VALUE':
+                      'model/method/summary_steps/.ATTRIBUTES/VARIABLE_VALUE'}
+
+
+def _moved(pinned, renamed, actual):
+  """The pinned values under today's names: a renamed variable under its new name where the
+  model now has it, dropped where it does not (then it must have been all zeros)."""
+  out = {}
+  for key, value in pinned.items():
+    new = renamed.get(key)
+    if new is None:
+      out[key] = value
+    elif new in actual:
+      out[new] = value
+    else:
+      assert not np.any(value), f'{key} was not zero in the pins, yet the model has dropped it'
+  return out
+
+
+def assert_same_variables(actual, pinned, what, rtol=1e-5, atol=1e-6, renamed=None):
   """Every pinned variable is there with its value; nothing unpinned was added."""
+  pinned = _moved(pinned, RENAMED if renamed is None else renamed, actual)
   missing = sorted(set(pinned) - set(actual))
   added = sorted(set(actual) - set(pinned))
   assert not missing and not added, f'{what}: missing {missing[:5]}, added {added[:5]}'
@@ -102,7 +129,8 @@ def test_seeded_cli_run_is_pinned(pinned_run):
   with np.load(os.path.join(PINS, 'run', 'state.npz')) as f:
     pinned_state = dict(f)
   assert len(pinned_state) > 100
-  assert_same_variables(state, pinned_state, 'pinned run', rtol=1e-4, atol=1e-5)
+  assert_same_variables(state, pinned_state, 'pinned run', rtol=1e-4, atol=1e-5,
+                        renamed=CHECKPOINT_RENAMED)
   with open(os.path.join(PINS, 'run', 'results.json')) as f:
     pinned_results = json.load(f)
   assert set(pinned_results) <= set(results), sorted(set(pinned_results) - set(results))

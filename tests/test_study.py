@@ -39,13 +39,13 @@ def test_minc_noise_includes_the_summarys_own_batch_and_restores_it():
   for m in (fresh, trained):
     compile_model(m)
   stored = np.diag(np.linspace(1.0, 3.0, 8)).astype(np.float32)
-  trained.summary.assign(stored)
-  trained.summary_steps.assign(5.0)
+  trained.method.summary.assign(stored)
+  trained.method.summary_steps.assign(5.0)
   expected = study.gradient_noise_to_signal(fresh, ds, 4, summary_noise=False)
   np.testing.assert_allclose(study.gradient_noise_to_signal(trained, ds, 4), expected,
                              rtol=1e-5)
-  np.testing.assert_array_equal(trained.summary.numpy(), stored)
-  assert trained.summary_steps.numpy() == 5.0
+  np.testing.assert_array_equal(trained.method.summary.numpy(), stored)
+  assert trained.method.summary_steps.numpy() == 5.0
   held = study.gradient_noise_to_signal(trained, ds, 4, summary_noise=False)
   assert abs(held - expected) > 1e-3 * expected
 
@@ -57,9 +57,10 @@ class _LinearModel:
     self.w = tf.Variable(tf.zeros(2))
     self.encoder = types.SimpleNamespace(trainable_variables=[self.w])
     self.projector = types.SimpleNamespace(trainable_variables=[])
+    self.method = types.SimpleNamespace(weights=[])
 
-  def compute_ssl_loss(self, x1, x2, training=True, update_summary=True):
-    assert not update_summary  # a model without a summary has none to take a batch in
+  def compute_ssl_loss(self, x1, x2, training=True, update_state=True):
+    assert not update_state  # a model without a summary has none to take a batch in
     return tf.reduce_sum(self.w * x1), None, None, {}
 
 
@@ -76,10 +77,10 @@ def test_noise_to_signal_has_its_closed_form_value():
 def test_minc_noise_measure_leaves_the_summary_untouched():
   m = tiny_model('minc')
   compile_model(m)
-  before = m.summary.numpy().copy()
+  before = m.method.summary.numpy().copy()
   study.gradient_noise_to_signal(m, _repeat(batches(n=8, count=1)), 2)
-  np.testing.assert_array_equal(m.summary.numpy(), before)
-  assert m.summary_steps.numpy() == 0
+  np.testing.assert_array_equal(m.method.summary.numpy(), before)
+  assert m.method.summary_steps.numpy() == 0
 
 
 def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
