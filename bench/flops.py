@@ -25,6 +25,7 @@ import gin  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from minc_tf import config  # noqa: E402
+from minc_tf import configurables  # noqa: E402,F401  (registers every gin configurable)
 from minc_tf import methods  # noqa: E402
 from minc_tf import networks  # noqa: E402
 

@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from minc_tf import checkpoint  # noqa: E402
 from minc_tf import config  # noqa: E402
+from minc_tf import configurables  # noqa: E402,F401  (registers every gin configurable)
 from minc_tf import model as model_lib  # noqa: E402
 from minc_tf import monitor  # noqa: E402
 

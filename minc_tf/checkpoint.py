@@ -146,7 +146,8 @@ class Checkpointer:
     legacy = getattr(method, 'LEGACY_CHECKPOINT_NAMES', {})
     if not legacy:
       return self._ckpt
-    reader = tf.train.load_checkpoint(path)
+    # Not tf.train.load_checkpoint: on ram:// it takes the prefix for a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
     if not all(reader.has_tensor(f'model/{old}/.ATTRIBUTES/VARIABLE_VALUE')
                for old in legacy.values()):
       return self._ckpt
@@ -213,7 +214,8 @@ def _write_index(directory, prefixes):
 def _damage(path):
   """Why the checkpoint at `path` cannot be read (None when every tensor reads back)."""
   try:
-    reader = tf.train.load_checkpoint(path)
+    # Not tf.train.load_checkpoint: on ram:// it takes the prefix for a directory.
+    reader = tf.compat.v1.train.NewCheckpointReader(path)
     for name in reader.get_variable_to_shape_map():
       reader.get_tensor(name)
   except (tf.errors.OpError, ValueError, OSError, IndexError) as e:
@@ -401,3 +403,36 @@ class TrainingGuard(keras.callbacks.Callback):
   def on_train_end(self, logs=None):
     if not self._held:
       self._restore()
+
+
+def restore_collectively(checkpointer, strategy, required=False):
+  """The newest readable checkpoint restored (its step; 0: none). Restoring is collective
+  under MultiWorkerMirroredStrategy: the workers first agree on what they see, and an error on
+  any worker (a UserError or any other) stops them all."""
+  if not in_cluster(strategy):
+    with strategy.scope():  # restored slots are created as distributed variables
+      return checkpointer.restore_latest(required=required)
+  # A barrier first: the chief has rebuilt a damaged index (when its Checkpointer was made)
+  # before anyone reads it.
+  replica_sum(strategy)([0.0])
+  newest = on_every_worker(strategy, checkpointer.newest_step)
+  check_same_step(strategy, newest, checkpointer.directory)
+
+  def restore():
+    with strategy.scope():
+      return checkpointer.restore_latest(required=required)
+
+  step = on_every_worker(strategy, restore)
+  check_same_step(strategy, step, checkpointer.directory)
+  return step
+
+
+def on_every_worker(strategy, fn):
+  """fn() on this worker of a multi-worker run; an exception on any worker is raised on all
+  (a worker that stopped alone would leave the others waiting in their next collective)."""
+  try:
+    result, error = fn(), None
+  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every worker)
+    result, error = None, e
+  agree_on_error(strategy, error)
+  return result

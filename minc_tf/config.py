@@ -7,6 +7,7 @@ import re
 
 import gin
 
+from minc_tf import gin_internals
 from minc_tf.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,9 +15,13 @@ GIN_DIR = os.path.join(REPO_ROOT, 'gin')
 
 
 def parse_gin(files, bindings):
-  """Parses gin files, then bindings; typos become a UserError naming the nearest valid names."""
-  from minc_tf import study  # noqa: F401  (imports register every configurable)
-  from minc_tf import train  # noqa: F401
+  """Parses gin files, then bindings; typos become a UserError naming the nearest valid names.
+
+  Every configurable must be registered first: entry points import minc_tf.configurables.
+  """
+  if gin_internals.configurable('run') is None:
+    raise RuntimeError('minc_tf.configurables is not imported, so gin knows none of minc_tf\'s '
+                       'configurables. Fix: `from minc_tf import configurables` before parsing.')
   # `include 'gin/...'` resolves from the repository root as well as from the working dir.
   gin.add_config_file_search_path(REPO_ROOT)
   for path in files:
@@ -36,16 +41,15 @@ def parse_gin(files, bindings):
 
 def _suggest(message):
   """' Did you mean ...?' for an unknown configurable or parameter named in a gin error."""
-  registry = gin.config._REGISTRY  # gin has no public listing of configurables.
   m = re.search(r"No configurable matching '([^']+)'", message)
   if m:
-    names = sorted({selector.split('.')[-1] for selector, _ in registry.items()})
+    names = sorted({selector.split('.')[-1] for selector in gin_internals.configurables()})
     close = difflib.get_close_matches(m.group(1).split('.')[-1], names, n=3)
     return f' Did you mean {" or ".join(close)}?' if close else ''
   m = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
   if m:
-    configurable = registry.get_match(m.group(1))
-    params = inspect.signature(configurable.wrapped).parameters if configurable else []
+    fn = gin_internals.configurable(m.group(1))
+    params = inspect.signature(fn).parameters if fn is not None else []
     close = difflib.get_close_matches(m.group(2), list(params), n=3)
     return f' Did you mean {" or ".join(close)}?' if close else ''
   return ''

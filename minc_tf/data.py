@@ -1,4 +1,5 @@
-"""Image sources and tf.data pipelines: two-view pretraining batches and labelled eval batches.
+"""tf.data pipelines over a source (sources.py): two-view pretraining batches, labelled eval
+batches, and the linear evaluation's training views; load_data picks the source.
 
 Sources:
   * 'fashion_mnist': the four standard IDX files from `idx_dir` (Debian's dataset-fashion-mnist
@@ -10,11 +11,8 @@ Pretraining input is built per input pipeline (strategy.distribute_datasets_from
 each host reads only its shard and batches its replicas' share of the global batch.
 """
 
-import gzip
 import math
 import os
-import shutil
-import zlib
 
 from absl import logging
 import gin
@@ -22,224 +20,49 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import augment
+from minc_tf import sources
 from minc_tf.errors import UserError, each, int_at_least, one_of, real_in, require
 
-FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-_FMNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-                 'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-# The held-out validation split is the same for every run and seed (load_data.validation_examples).
-VALIDATION_SEED = 20250422
-
-
-def read_idx(path):
-  """Reads one (optionally gzipped) IDX file into a NumPy array."""
-  opener = gzip.open if path.endswith('.gz') else open
-  try:
-    with opener(path, 'rb') as f:
-      data = f.read()
-  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-    raise UserError(f'{path} is damaged ({type(e).__name__}: {e}): a truncated or corrupt gzip '
-                    'file. Fix: re-download it, or re-install it (apt-get install --reinstall '
-                    'dataset-fashion-mnist).') from None
-  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
-    raise UserError(f'{path} is not an IDX file of unsigned bytes (bad magic number); '
-                    're-install it (apt-get install --reinstall dataset-fashion-mnist).')
-  ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
-  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if array.size != int(np.prod(shape)):
-    raise UserError(f'{path} is truncated: expected {int(np.prod(shape))} values, found '
-                    f'{array.size}; re-download or re-install it.')
-  return array.reshape(shape)
-
-
-def hold_out(arrays, count):
-  """arrays with `count` training examples moved to a 'validation' split: a permutation fixed
-  by VALIDATION_SEED, so every run, seed and method sees the same split."""
-  images, labels = arrays['train']
-  if count >= len(labels):
-    raise UserError(f'load_data.validation_examples={count} leaves no training images (the '
-                    f'training split has {len(labels)}). Fix: bind load_data.validation_examples to '
-                    'fewer (10000 of Fashion-MNIST\'s 60000).')
-  order = np.random.default_rng(VALIDATION_SEED).permutation(len(labels))
-  held, kept = np.sort(order[:count]), np.sort(order[count:])
-  return {**arrays, 'train': (images[kept], labels[kept]),
-          'validation': (images[held], labels[held])}
-
-
-def _fashion_mnist_arrays(idx_dir, data_dir):
-  """{'train': (images [N,28,28,1] uint8, labels [N] int64), 'test': ...}.
-
-  idx_dir None: Debian's directory when it holds the files, else a TFDS download. An idx_dir
-  given explicitly must hold the four files: no download is tried in its place.
-  """
-  explicit = idx_dir is not None
-  idx_dir = idx_dir or FASHION_MNIST_DIR
-  paths = {s: [os.path.join(idx_dir, f) for f in files] for s, files in _FMNIST_FILES.items()}
-  missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
-  if not missing:
-    return {s: (read_idx(ps[0])[..., None], read_idx(ps[1]).astype(np.int64))
-            for s, ps in paths.items()}
-  if explicit:
-    present = sorted(os.listdir(idx_dir)) if os.path.isdir(idx_dir) else None
-    found = ('it does not exist' if present is None else
-             f'it holds {", ".join(present[:8]) or "nothing"}' + (' ...' if len(present) > 8 else ''))
-    raise UserError(
-        f'load_data.idx_dir={idx_dir!r} lacks {", ".join(os.path.basename(p) for p in missing)} '
-        f'({found}). Fix: put the four Fashion-MNIST files '
-        f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} there, or unbind '
-        'load_data.idx_dir to use Debian\'s package or a TFDS download.')
-  import tensorflow_datasets as tfds
-  where = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
-  logging.warning('No Fashion-MNIST IDX files in %s; downloading fashion_mnist with TFDS into '
-                  '%s (needs the internet).', idx_dir, where)
-  folder = os.path.join(where, 'fashion_mnist')
-  existed = os.path.exists(folder)
-  try:
-    splits = tfds.load('fashion_mnist', split=['train', 'test'], batch_size=-1,
-                       as_supervised=True, data_dir=data_dir, download=True)
-    return {s: tuple(np.asarray(a) for a in tfds.as_numpy(d)) for s, d in
-            zip(('train', 'test'), splits)}
-  except Exception as e:  # network, permissions, partial downloads: all need the same fix.
-    if not existed and not where.startswith(('gs://', 's3://')):
-      shutil.rmtree(folder, ignore_errors=True)  # no half-built dataset left behind
-    raise UserError(
-        f'Fashion-MNIST not found: no IDX files in {idx_dir}, and the TFDS download of '
-        f"'fashion_mnist' into {where} failed ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). "
-        'Fix: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put the four files '
-        f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} in a directory and bind '
-        "load_data.idx_dir='<dir>', or run where TFDS can download 'fashion_mnist'.") from None
+# Re-exported: where callers have found them (the readers live in sources.py).
+FASHION_MNIST_DIR = sources.FASHION_MNIST_DIR
+read_idx = sources.read_idx
+hold_out = sources.hold_out
+IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
+VALIDATION_SEED = sources.VALIDATION_SEED
 
 
 class ImageData:
   """A labelled image dataset and the pipelines built from it.
 
   Attributes: name, image_shape (S, S, C), num_classes, num_train, mean, std, train_split,
-  eval_split, test_split. Exactly one source: `arrays` ({split: (uint8 images, labels)}),
-  `builder` (a TFDS builder, read with JPEG bytes undecoded) or `files` ({split: (paths,
-  labels)}).
+  eval_split, test_split, source (sources.py). Exactly one source: `arrays` ({split: (uint8
+  images, labels)}), `builder` (a TFDS builder, read with JPEG bytes undecoded), `files`
+  ({split: (paths, labels)}), or a `source` object.
   """
 
   def __init__(self, name, image_size, channels, num_classes, num_train, mean, std, arrays=None,
                builder=None, files=None, train_split='train', eval_split='validation',
-               cache=False, test_split=None):
+               cache=False, test_split=None, source=None):
     self.name = name
     self.image_shape = (image_size, image_size, channels)
     self.num_classes = num_classes
     self.num_train = num_train
     self.mean, self.std = mean, std
-    self._arrays, self._builder, self._files = arrays, builder, files
+    given = [s for s in (arrays, builder, files, source) if s is not None]
+    if len(given) != 1:
+      raise ValueError('ImageData needs exactly one of arrays, builder, files or source')
+    if source is None:
+      source = (sources.ArraySource(arrays) if arrays is not None else
+                sources.TfdsSource(builder, cache) if builder is not None else
+                sources.FolderSource(files, cache))
+    self.source = source
     # test_split: a split read only when asked (run.report_test), beside eval_split, for a
     # final configuration chosen on eval_split (None: the data has no separate test split).
     self.train_split, self.eval_split, self.test_split = train_split, eval_split, test_split
-    self._cache = cache
-
-  # --- raw examples: (uint8 image or encoded bytes, label) ----------------------------------
-
-  def _examples(self, split, input_context=None, shuffle=False, seed=None):
-    """This input pipeline's share of `split`, (image or encoded bytes, label). shuffle: TFDS
-    files in one order fixed by the seed (pretrain_dataset shuffles each epoch's examples
-    itself); in-memory and folder sources shuffled whole, anew each iteration."""
-    if self._builder is not None:
-      import tensorflow_datasets as tfds
-      # Per-host file sharding: each input pipeline reads only its own files. Their order is
-      # the same every epoch, so that epoch e's stream is a function of (seed, e) alone.
-      read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
-                                    shuffle_reshuffle_each_iteration=False,
-                                    try_autocache=False)
-      ds = self._builder.as_dataset(split=split, shuffle_files=shuffle,
-                                    read_config=read_config, as_supervised=True,
-                                    decoders={'image': tfds.decode.SkipDecoding()})
-      # Encoded bytes are cached (when they fit in memory), never decoded or augmented images.
-      return ds.cache() if self._cache else ds
-    images, labels = self._shard(split, input_context)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if self._files is not None:
-      ds = ds.map(lambda path, label: (tf.io.read_file(path), label),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-      if self._cache:  # before the shuffle, so every epoch is shuffled anew
-        ds = ds.cache()
-    return ds.shuffle(len(labels), seed=seed) if shuffle else ds
-
-  def _shard(self, split, input_context):
-    """(images or paths, labels) of this input pipeline's share of an in-memory or folder
-    source: every num_input_pipelines-th example."""
-    images, labels = (self._arrays or self._files)[split]
-    if input_context is not None and input_context.num_input_pipelines > 1:
-      step, first = input_context.num_input_pipelines, input_context.input_pipeline_id
-      images, labels = images[first::step], labels[first::step]
-    return images, labels
-
-  def _epoch_size(self, split, input_context):
-    """Examples per epoch in this input pipeline (None: unknown). TFDS gives each pipeline
-    every num_input_pipelines-th file of the split (tfds.ReadConfig(input_context))."""
-    if self._builder is None:
-      return len(self._shard(split, input_context)[1])
-    try:
-      instructions = list(self._builder.info.splits[split].file_instructions)
-    except Exception:  # pylint: disable=broad-except  (mocked or unusual builders)
-      return None
-    if input_context is not None:
-      instructions = instructions[input_context.input_pipeline_id::
-                                  input_context.num_input_pipelines]
-    return sum(int(f.take) for f in instructions) or None
-
-  def _epochs(self, split, input_context, seed, window):
-    """epoch(key, start) -> (position, example) pairs of one epoch of this pipeline's examples
-    from `start` on, in an order that is a stateless function of `key`: a permutation of the
-    whole shard for in-memory and folder sources (indices shuffled, then read: a resume reads
-    nothing it skips; a cached folder's bytes are permuted whole), and for TFDS (files read in
-    sequence, in the order TFDS's seeded file shuffle gives) a permutation within runs of
-    `window` examples whose boundaries move from epoch to epoch."""
-    if self._builder is None and not (self._files is not None and self._cache):
-      images, labels = self._shard(split, input_context)
-      n = len(labels)
-      images, labels = tf.constant(images), tf.constant(labels)
-      read = tf.io.read_file if self._files is not None else tf.identity
-
-      def epoch(key, start):
-        order_key = tf.random.experimental.stateless_fold_in(key, -1)
-
-        def example(i):
-          j = tf.random.experimental.index_shuffle(i, order_key, n - 1)
-          return i, (read(tf.gather(images, j)), tf.gather(labels, j))
-
-        # deterministic: positions key the views, whatever run.seed makes of the rest.
-        return tf.data.Dataset.range(start, n).map(
-            example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-      return epoch
-
-    cached_folder = self._builder is None
-    if cached_folder:  # in memory anyway, so permuted whole
-      window = len(self._shard(split, input_context)[1])
-    source = self._examples(split, input_context, shuffle=not cached_folder, seed=seed)
-
-    def epoch(key, start):
-      block_key = tf.random.experimental.stateless_fold_in(key, -2)
-      # The first run is shorter by a random amount, so the runs' boundaries (and with them
-      # which examples can share a batch) differ from epoch to epoch.
-      first = (0 if cached_folder else tf.random.stateless_uniform(
-          [], tf.random.experimental.stateless_fold_in(key, -3), 1, window + 1, tf.int64))
-      blocks = source.take(first).batch(window).concatenate(
-          source.skip(first).batch(window)).prefetch(1)
-
-      def permuted(w, block):
-        n = tf.shape(block[1], out_type=tf.int64)[0]
-        order = tf.random.experimental.index_shuffle(
-            tf.range(n), tf.random.experimental.stateless_fold_in(block_key, w), n - 1)
-        return tf.data.Dataset.from_tensor_slices(
-            tf.nest.map_structure(lambda t: tf.gather(t, order), block))
-
-      return blocks.enumerate().flat_map(permuted).enumerate().skip(start)
-
-    return epoch
 
   @property
   def encoded(self):
-    return self._arrays is None
+    return self.source.encoded
 
   def _decode_crop(self, encoded, window_fn):
     """Decodes only the crop window of a JPEG (decode_and_crop_jpeg); other formats whole."""
@@ -313,7 +136,7 @@ class ImageData:
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                      if input_context is not None else 1)
     consumed = start_step * replicas_here * batch_size
-    per_epoch = self._epoch_size(self.train_split, input_context)
+    per_epoch = self.source.epoch_size(self.train_split, input_context)
     if per_epoch == 0:
       raise UserError(f'Input pipeline {pipeline} of {self.name} has no training examples '
                       '(more input pipelines than examples or files). Fix: use fewer hosts, '
@@ -325,7 +148,7 @@ class ImageData:
       if consumed:
         logging.warning('The size of an epoch of %s is unknown: resuming reads and discards '
                         '%d examples.', self.name, consumed)
-    epoch_of = self._epochs(self.train_split, input_context, seed,
+    epoch_of = self.source.epochs(self.train_split, input_context, seed,
                             window=shuffle_buffer or 10 * batch_size)
 
     def epoch_stream(epoch):
@@ -357,7 +180,7 @@ class ImageData:
       image.set_shape(self.image_shape)
       return image, label
 
-    ds = self._examples(split)
+    ds = self.source.examples(split)
     if limit:
       ds = ds.take(limit)
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
@@ -383,8 +206,8 @@ class ImageData:
       image.set_shape(self.image_shape)
       return image, label
 
-    ds = self._examples(self.train_split, shuffle=True, seed=seed)
-    if self._builder is not None:
+    ds = self.source.examples(self.train_split, shuffle=True, seed=seed)
+    if isinstance(self.source, sources.TfdsSource):
       ds = ds.shuffle(10 * batch_size, seed=seed)
     ds = ds.repeat().enumerate().map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -392,7 +215,7 @@ class ImageData:
 
   def arrays(self, split):
     """(images uint8, labels) for in-memory sources, else None."""
-    return None if self._arrays is None else self._arrays[split]
+    return self.source.arrays(split)
 
 
 def _options(deterministic):
@@ -401,78 +224,6 @@ def _options(deterministic):
   options.threading.private_threadpool_size = max(os.cpu_count() or 1, 1)
   options.autotune.enabled = True
   return options
-
-
-def _imagenet_help(name, data_dir):
-  where = data_dir or os.path.expanduser('~/tensorflow_datasets')
-  manual = os.path.join(where, 'downloads', 'manual')
-  if name == 'imagenet2012':
-    return (f'The TFDS dataset imagenet2012 is not prepared in the data dir {where}. Fix: put '
-            f'the ILSVRC2012 tar files (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar) in '
-            f'{manual}, then run `tfds build imagenet2012 --data_dir={where}` (on Cloud TPU, '
-            'prepare once and point --gin_bindings="load_data.data_dir=\'gs://...\'" at it).')
-  return (f'The TFDS dataset {name} is not prepared in the data dir {where}. Fix: run '
-          f'`tfds build {name} --data_dir={where}` on a machine with the source files.')
-
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
-
-
-def _scan_folder(root, on_corrupt):
-  """{class name: [valid image paths]} for root/<class>/<image>, checking every file decodes."""
-  classes = sorted(d for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
-  found, bad = {}, []
-  for cls in classes:
-    cls = cls.rstrip('/')
-    for fname in sorted(tf.io.gfile.listdir(os.path.join(root, cls))):
-      path = os.path.join(root, cls, fname)
-      if tf.io.gfile.isdir(path):
-        continue
-      try:
-        if not fname.lower().endswith(IMAGE_EXTENSIONS):
-          raise ValueError('not an image file extension')
-        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-      except (ValueError, tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-        if on_corrupt == 'fail':
-          raise UserError(f'{path} is not a readable image ({e.__class__.__name__}). Fix: '
-                          'remove or replace the file, or bind '
-                          "load_data.on_corrupt='skip' to skip such files.") from None
-        bad.append(path)
-        continue
-      found.setdefault(cls, []).append(path)
-  if bad:
-    logging.warning('Skipped %d unreadable or non-image files under %s, e.g. %s', len(bad), root,
-                    bad[0])
-  return found, bad
-
-
-def _folder_source(image_dir, on_corrupt, eval_every):
-  """{split: (paths, labels)}, class names. Uses image_dir/train and image_dir/validation (or
-  val / test) when present; else every `eval_every`-th image of each class is held out."""
-  if not image_dir or not tf.io.gfile.isdir(image_dir):
-    raise UserError(f'The image folder {image_dir!r} does not exist. Fix: bind '
-                    "load_data.image_dir='<dir>' to a folder with one sub-folder of images per "
-                    'class.')
-  subdirs = set(d.rstrip('/') for d in tf.io.gfile.listdir(image_dir))
-  eval_name = next((d for d in ('validation', 'val', 'test') if d in subdirs), None)
-  if 'train' in subdirs and eval_name:
-    per_split = {'train': _scan_folder(os.path.join(image_dir, 'train'), on_corrupt)[0],
-                 'validation': _scan_folder(os.path.join(image_dir, eval_name), on_corrupt)[0]}
-  else:
-    found = _scan_folder(image_dir, on_corrupt)[0]
-    per_split = {'train': {c: [p for i, p in enumerate(ps) if i % eval_every] for c, ps in found.items()},
-                 'validation': {c: ps[::eval_every] for c, ps in found.items()}}
-  classes = sorted(set(per_split['train']) | set(per_split['validation']))
-  if not per_split['train']:
-    raise UserError(f'No images found in {image_dir}: expected {image_dir}/<class>/<image> '
-                    f'with extensions {", ".join(IMAGE_EXTENSIONS)}. Fix: point '
-                    'load_data.image_dir at such a folder.')
-  files = {}
-  for split, per_class in per_split.items():
-    pairs = [(p, classes.index(c)) for c in sorted(per_class) for p in per_class[c]]
-    files[split] = (np.array([p for p, _ in pairs], dtype=object).astype(str),
-                    np.array([l for _, l in pairs], np.int64))
-  return files, classes
 
 
 @gin.configurable
@@ -511,20 +262,20 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
   require('load_data.std', std, (lambda v: v is None or positive[0](v) or each(positive)[0](v),
                                  'None, a number > 0 or a list of numbers > 0 (per channel)'))
   if name == 'image_folder':
-    files, classes = _folder_source(image_dir, on_corrupt, eval_every)
+    files, classes = sources.folder_source(image_dir, on_corrupt, eval_every)
     default_mean, default_std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3
                                  else ((0.5,), (0.5,)))
     return ImageData(name, image_size, channels, len(classes), len(files['train'][1]),
                      mean or default_mean, std or default_std, files=files,
                      train_split='train', eval_split='validation', cache=cache)
   if name == 'fashion_mnist':
-    arrays = _fashion_mnist_arrays(idx_dir, data_dir)
+    arrays = sources.fashion_mnist_arrays(idx_dir, data_dir)
     splits = dict(train_split='train', eval_split='test')
     if validation_examples is not None:
-      arrays = hold_out(arrays, validation_examples)
+      arrays = sources.hold_out(arrays, validation_examples)
       splits = dict(train_split='train', eval_split='validation', test_split='test')
     return ImageData(name, image_size, 1, 10, len(arrays['train'][0]),
-                     mean or FASHION_MNIST_MEAN, std or FASHION_MNIST_STD, arrays=arrays,
+                     mean or sources.FASHION_MNIST_MEAN, std or sources.FASHION_MNIST_STD, arrays=arrays,
                      **splits)
   import tensorflow_datasets as tfds
   try:
@@ -536,7 +287,7 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
     # Probes that the prepared files exist (mock_data patches as_dataset, so tests pass here).
     builder.as_dataset(split=train_split, decoders={'image': tfds.decode.SkipDecoding()})
   except (AssertionError, FileNotFoundError, tf.errors.NotFoundError) as e:
-    raise UserError(_imagenet_help(name, data_dir)) from e
+    raise UserError(sources.imagenet_help(name, data_dir)) from e
   info = builder.info
   image_feature = info.features['image']
   channels = image_feature.shape[-1] or 3

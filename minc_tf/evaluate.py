@@ -3,12 +3,15 @@ offline linear evaluation of the BYOL protocol."""
 
 import inspect
 import math
+import time
 
 import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import networks
+from minc_tf import spectrum
 from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
 
 
@@ -194,3 +197,65 @@ def check_settings():
     values.update(gin.get_bindings(name))
     for param, check in checks.items():
       require(f'{name}.{param}', values[param], check)
+
+
+# Above this many values per image the raw-pixel baseline is skipped: its probe would hold the
+# training set's pixels as features (ImageNet at 224 px: 1.28M x 150,528 floats, ~770 GB).
+RAW_PIXEL_MAX_FEATURES = 16384
+
+
+def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
+                      strategy=None, report_test=False, linear_eval=False):
+  """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
+  are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
+  on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration.
+  linear_eval: also the BYOL linear-evaluation protocol (offline_linear_eval) on the frozen
+  encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  start = time.time()
+  train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
+  splits = {'': data.eval_dataset(data.eval_split, batch_size, limit=max_test)}
+  if report_test:
+    splits['test_'] = data.eval_dataset(data.test_split, batch_size, limit=max_test)
+  out = {}
+
+  def probe(name, enc):
+    cache = {}  # one traced function for every split
+    tr_x, tr_y = extract_features(enc, train_ds, strategy, cache=cache)
+    held = {p: extract_features(enc, ds, strategy, cache=cache)
+            for p, ds in splits.items()}
+    scores = linear_probe(tr_x, tr_y, [x for x, _ in held.values()],
+                                   [y for _, y in held.values()], data.num_classes)
+    for prefix, score in zip(held, scores):
+      out[f'{prefix}{name}_top1'] = score
+      if knn and name == 'probe':
+        out[f'{prefix}knn_top1'] = knn_accuracy(tr_x, tr_y, *held[prefix],
+                                                         data.num_classes)
+    return tr_x
+
+  feats = probe('probe', encoder)
+  out['feature_dim'] = int(feats.shape[1])
+  out['feature_effective_rank'] = spectrum.feature_effective_rank(feats[:20000])
+  if baselines:
+    with strategy.scope():
+      random_encoder = networks.build_encoder(data.image_shape, name='random_encoder')
+      pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
+    probe('random_init', random_encoder)
+    size = math.prod(data.image_shape)
+    if size <= RAW_PIXEL_MAX_FEATURES:
+      probe('raw_pixel', pixels)
+    else:
+      out['raw_pixel_note'] = (f'skipped: {size} values per image (more than '
+                               f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
+                               'training images as features')
+  out['eval_split'] = data.eval_split
+  out['eval_wall_time_s'] = round(time.time() - start, 1)
+  if linear_eval:
+    start = time.time()
+    names = [data.eval_split] + ([data.test_split] if report_test else [])
+    top1 = offline_linear_eval(encoder, data, strategy, splits=names)
+    out['linear_eval_top1'] = top1[0]
+    if report_test:
+      out['test_linear_eval_top1'] = top1[1]
+    out['linear_eval_wall_time_s'] = round(time.time() - start, 1)
+  return out

@@ -6,6 +6,7 @@ Keras or TensorFlow changes what it relies on. setup.py bounds keras above until
 passed on the next version.
 """
 
+import keras
 import tensorflow as tf
 
 
@@ -31,3 +32,81 @@ def checkpoint_view(trackable, changes):
   for name, child in children.items():
     setattr(view, name, child)
   return view
+
+
+def in_multi_worker_mode(strategy):
+  """Whether `strategy` is a MultiWorkerMirroredStrategy spanning several workers.
+
+  Private: MultiWorkerMirroredStrategy.extended._in_multi_worker_mode (TensorFlow).
+  """
+  extended = getattr(strategy, 'extended', None)
+  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
+          bool(getattr(extended, '_in_multi_worker_mode', lambda: False)()))
+
+
+class BuiltModel(keras.Model):
+  """A keras.Model that skips Keras' symbolic build once it is built and compiled.
+
+  Keras' TF trainer pulls (and drops) one batch to build the model symbolically, and under
+  MultiWorkerMirroredStrategy its eager reduce of that nested batch fails. Once the model and
+  optimizer are built (train.run builds both), there is nothing to build.
+
+  Private: Model._maybe_symbolic_build (Keras).
+  """
+
+  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    if self.built and self.optimizer is not None and self.optimizer.built:
+      return
+    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class StepTensorBoard(keras.callbacks.TensorBoard):
+  """Keras' TensorBoard callback on the optimizer's step: batch and epoch scalars share one
+  x-axis that continues across resumed runs.
+
+  Keras counts batches from 0 in every fit() call, so a resumed run would draw its curve over
+  the previous one, and it writes the epoch scalars at the epoch's index; the optimizer's step
+  count is the true x-axis for both. Epoch scalars are written whatever the batch cadence
+  (see monitor.writing).
+
+  Private: TensorBoard._global_train_batch, _push_writer, _prev_summary_state,
+  _log_epoch_metrics (Keras).
+  """
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    self._global_train_batch = int(self.model.optimizer.iterations.numpy())
+
+  def on_epoch_begin(self, epoch, logs=None):
+    super().on_epoch_begin(epoch, logs)
+    self._epoch_start = int(self.model.optimizer.iterations.numpy())
+
+  def on_train_batch_begin(self, batch, logs=None):
+    # Keras counts calls, one per execution of steps_per_execution steps: set the count so that
+    # its increment lands on the step this execution ends at.
+    self._global_train_batch = self._epoch_start + batch + self._steps_per_call() - 1
+    super().on_train_batch_begin(batch, logs)
+
+  def _steps_per_call(self):
+    return int(getattr(self.model, 'steps_per_execution', 1) or 1)
+
+  def _push_writer(self, writer, step):
+    """Keras records at steps divisible by update_freq; an execution of several steps records
+    when it crosses such a step (with steps_per_execution 7 and update_freq 10, steps 7, 14,
+    21, 28 would never be divisible: it records at 14 and 21)."""
+    if self.update_freq == 'epoch':
+      return
+    every, calls = self.update_freq, self._steps_per_call()
+    context = (writer.as_default(step),
+               self.summary.record_if(lambda: step // every > (step - calls) // every))
+    self._prev_summary_state.append(context)
+    context[0].__enter__()
+    context[1].__enter__()
+
+  def on_epoch_end(self, epoch, logs=None):
+    with tf.summary.record_if(True):
+      super().on_epoch_end(epoch, logs)
+
+  def _log_epoch_metrics(self, epoch, logs):
+    del epoch  # the epoch's last step instead
+    super()._log_epoch_metrics(int(self.model.optimizer.iterations.numpy()), logs)

@@ -47,13 +47,15 @@ def main(argv):
     sys.exit(2)
   from minc_tf.errors import UserError
   from minc_tf import config
+  from minc_tf import configurables  # noqa: F401  (registers every gin configurable)
   try:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    from minc_tf import runtime
     from minc_tf import strategy as strategy_lib
     from minc_tf import train
     # Before anything starts TensorFlow's runtime (the strategy does).
-    train.set_up_determinism(train.deterministic_from_gin(),
-                             one_op_at_a_time=FLAGS.strategy == 'default')
+    runtime.set_up_determinism(runtime.deterministic_from_gin(),
+                               one_op_at_a_time=FLAGS.strategy == 'default')
     strategy = strategy_lib.get_strategy(FLAGS.strategy, FLAGS.tpu)
     if FLAGS.mode == 'study':
       from minc_tf import study

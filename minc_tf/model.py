@@ -22,6 +22,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from minc_tf import keras_internals
 from minc_tf import losses
 from minc_tf import methods
 from minc_tf import networks
@@ -35,13 +36,7 @@ def target_tau(step, total_steps, tau_base):
   return 1.0 - (1.0 - tau_base) * (tf.cos(math.pi * frac) + 1.0) / 2.0
 
 
-def _multi_worker(strategy):
-  extended = getattr(strategy, 'extended', None)
-  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
-          bool(getattr(extended, '_in_multi_worker_mode', lambda: False)()))
-
-
-class SSLModel(keras.Model):
+class SSLModel(keras_internals.BuiltModel):
   """Two-view self-supervised model with a custom train_step (see the module docstring).
 
   Data: train batches are ((view1, view2), labels) with labels used only by the online linear
@@ -111,14 +106,6 @@ class SSLModel(keras.Model):
       self.probe.build((None, self.encoder.output_shape[-1]))
     self.built = True
 
-  def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-    # Keras' TF trainer pulls (and drops) one batch to build the model symbolically, and under
-    # MultiWorkerMirroredStrategy its eager reduce of that nested batch fails. Once the model
-    # and optimizer are built (run() builds both), there is nothing to build.
-    if self.built and self.optimizer is not None and self.optimizer.built:
-      return
-    super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
   # --- the method's loss -----------------------------------------------------------------------
 
   def _online(self, x, training):
@@ -182,7 +169,7 @@ class SSLModel(keras.Model):
       self.probe_acc.update_state(tf.maximum(labels, 0), logits,
                                   sample_weight=tf.cast(labels >= 0, tf.float32))
     logs = {m.name: m.result() for m in self.metrics}
-    if _multi_worker(tf.distribute.get_strategy()):
+    if keras_internals.in_multi_worker_mode(tf.distribute.get_strategy()):
       # Keras reduces multi-worker step outputs with reduce(MEAN, v, axis=0), which fails on
       # scalars; a leading axis of 1 makes that reduction return the scalar.
       logs = {k: v[None] for k, v in logs.items()}

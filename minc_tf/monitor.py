@@ -17,7 +17,6 @@ import json
 import os
 import time
 
-import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -25,14 +24,15 @@ from tensorboard.plugins.hparams import api as hp
 
 from minc_tf import evaluate
 from minc_tf import files
+from minc_tf import gin_internals
+from minc_tf import keras_internals
 from minc_tf import model as model_lib
+from minc_tf import schema
 from minc_tf import spectrum
 
 
 # results.json figures a run's HParams carry as metrics, written as `results/<name>` scalars.
-HPARAM_METRICS = ('probe_top1', 'knn_top1', 'linear_eval_top1', 'random_init_top1',
-                  'raw_pixel_top1', 'feature_effective_rank', 'final_loss', 'final_probe_train_acc',
-                  'pretrain_wall_time_s')
+HPARAM_METRICS = schema.HPARAM_METRICS
 
 
 def _scalar(value):
@@ -54,53 +54,9 @@ def writing(writer, step):
   return stack
 
 
-class TensorBoard(keras.callbacks.TensorBoard):
-  """Keras' TensorBoard callback on the optimizer's step: batch and epoch scalars share one
-  x-axis that continues across resumed runs.
-
-  Keras counts batches from 0 in every fit() call, so a resumed run would draw its curve over
-  the previous one, and it writes the epoch scalars at the epoch's index; the optimizer's step
-  count is the true x-axis for both. Epoch scalars are written whatever the batch cadence
-  (see `writing`).
-  """
-
-  def on_train_begin(self, logs=None):
-    super().on_train_begin(logs)
-    self._global_train_batch = int(self.model.optimizer.iterations.numpy())
-
-  def on_epoch_begin(self, epoch, logs=None):
-    super().on_epoch_begin(epoch, logs)
-    self._epoch_start = int(self.model.optimizer.iterations.numpy())
-
-  def on_train_batch_begin(self, batch, logs=None):
-    # Keras counts calls, one per execution of steps_per_execution steps: set the count so that
-    # its increment lands on the step this execution ends at.
-    self._global_train_batch = self._epoch_start + batch + self._steps_per_call() - 1
-    super().on_train_batch_begin(batch, logs)
-
-  def _steps_per_call(self):
-    return int(getattr(self.model, 'steps_per_execution', 1) or 1)
-
-  def _push_writer(self, writer, step):
-    """Keras records at steps divisible by update_freq; an execution of several steps records
-    when it crosses such a step (with steps_per_execution 7 and update_freq 10, steps 7, 14,
-    21, 28 would never be divisible: it records at 14 and 21)."""
-    if self.update_freq == 'epoch':
-      return
-    every, calls = self.update_freq, self._steps_per_call()
-    context = (writer.as_default(step),
-               self.summary.record_if(lambda: step // every > (step - calls) // every))
-    self._prev_summary_state.append(context)
-    context[0].__enter__()
-    context[1].__enter__()
-
-  def on_epoch_end(self, epoch, logs=None):
-    with tf.summary.record_if(True):
-      super().on_epoch_end(epoch, logs)
-
-  def _log_epoch_metrics(self, epoch, logs):
-    del epoch  # the epoch's last step instead
-    super()._log_epoch_metrics(int(self.model.optimizer.iterations.numpy()), logs)
+# Keras' TensorBoard callback on the optimizer's step (it overrides Keras internals, so it lives
+# with the others).
+TensorBoard = keras_internals.StepTensorBoard
 
 
 class Monitor(keras.callbacks.Callback):
@@ -255,15 +211,8 @@ def binding_key(binding):
 def gin_hparams():
   """Every parameter of every configurable this run has called, bound or default, as HParams
   values (bool, int, float or str; other values as text), keyed like `binding_key`."""
-  out = {}
-  # gin has no public accessor for the operative values; its text form is for reading.
-  for (scope, selector), params in gin.config._OPERATIVE_CONFIG.items():
-    for name, value in params.items():
-      key = binding_key(f'{scope + "/" if scope else ""}{selector}.{name}')
-      if isinstance(value, (np.generic,)):
-        value = value.item()
-      out[key] = value if isinstance(value, (bool, int, float, str)) else repr(value)
-  return out
+  return {binding_key(k): schema.record_value(v)
+          for k, v in gin_internals.operative_values().items()}
 
 
 def write_hparams(log_dir, results, step=0, session=True):

@@ -21,7 +21,10 @@ import keras
 import tensorflow as tf
 
 from minc_tf import files
+from minc_tf import gin_internals
+from minc_tf import labels
 from minc_tf import monitor
+from minc_tf import schema
 from minc_tf import tables
 from minc_tf.errors import UserError
 
@@ -47,11 +50,10 @@ def _sweep(axis, values, minc_decays, pretrain_pairs, batch_size=None):
       cell.append(f'build_model.projector_dim = {v}')
     if pretrain_pairs:
       cell.append(f'run.steps_per_epoch = {max(pretrain_pairs // b, 1)}')
-    tag = f'B={v}' if axis == 'batch' else f'k={v}'
     for decay in minc_decays:
-      variants[f'minc decay={decay} {tag}'] = (["build_model.method = 'minc'",
-                                                f'build_model.summary_decay = {decay}'] + cell)
-    variants[f'spectral {tag}'] = ["build_model.method = 'spectral'"] + cell
+      variants[labels.sweep_label(axis, v, decay)] = (
+          ["build_model.method = 'minc'", f'build_model.summary_decay = {decay}'] + cell)
+    variants[labels.sweep_label(axis, v)] = ["build_model.method = 'spectral'"] + cell
   return variants
 
 
@@ -210,12 +212,11 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
         config.parse_gin(base_gin_files, full)
         configuration = _run_configuration()
         shown.setdefault('configuration', configuration)
-        # The directory is named by what the run trains (the parsed configuration, so an edited
-        # gin file counts, less what only evaluation reads), not by the label or position: a
-        # changed variant starts a new run; the same training under other evaluation settings
-        # (baselines, the test split) is evaluated by train.run, which finds it trained, and
-        # keeps a record of its own.
-        run = os.path.join('runs', _digest(_trained(configuration)), f'seed{seed}')
+        # The directory is named by what the run trains (run_name), not by the label or
+        # position: a changed variant starts a new run; the same training under other
+        # evaluation settings is evaluated by train.run, which finds it trained, and keeps a
+        # record of its own.
+        run = run_name(configuration, seed, model_dir)
         run_dir = os.path.join(model_dir, run)
         record = os.path.join(run_dir, f'study_run_{_digest(configuration)}.json')
         row = _finished(record, configuration)
@@ -249,9 +250,9 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   finals = {}
   for label, bindings in methods.items():
     screened = {lr: r.get('probe_top1') for r in rows for lr in learning_rates
-                if r['variant'] == f'{label} lr={lr:g}'}
+                if r['variant'] == labels.screen_label(label, lr)}
     best = tables.best(screened)
-    finals[f'{label} (lr {best:g}, final)'] = list(bindings) + [
+    finals[labels.final_label(label, best)] = list(bindings) + [
         f'build_optimizer.base_lr = {best!r}']
   run_all(finals, seeds, extra=['run.report_test = True'])
   return rows
@@ -279,7 +280,7 @@ def _learning_rate_grid(methods, learning_rates):
   if not methods or not learning_rates:
     raise UserError('The methods study needs run_study.methods ({label: [bindings]}) and '
                     'run_study.learning_rates (e.g. (5e-4, 1e-3, 2e-3)). Fix: bind both.')
-  return {f'{label} lr={lr:g}': list(bindings) + [f'build_optimizer.base_lr = {lr!r}']
+  return {labels.screen_label(label, lr): list(bindings) + [f'build_optimizer.base_lr = {lr!r}']
           for label, bindings in methods.items() for lr in learning_rates}
 
 
@@ -312,13 +313,44 @@ def _run_configuration():
                      if not block.strip().startswith('# Parameters for run_study:'))
 
 
-# Settings that change what a run evaluates, not what it trains.
+def run_name(configuration, seed, model_dir=None):
+  """runs/<hash>/seed<s>: the run directory of the parsed gin config within a study.
+
+  The hash is of the settings that define a run (schema.defines_run: the ones run_identity.json
+  records too), as bound, leaving out those bound to their code default: a setting added to
+  the code later, or a binding that restates a default, does not rename the run. Study dirs
+  made before this rule named runs by the whole parsed config less two evaluation settings
+  (legacy_run_name); where such a directory exists in model_dir, it is used.
+  """
+  bound = {monitor.binding_key(k): v for k, v in gin_internals.bound_values().items()}
+  defining = {}
+  for key, value in bound.items():
+    if not schema.defines_run(key):
+      continue
+    value = schema.record_value(value)
+    selector, _, param = key.rpartition('.')
+    defaults = gin_internals.defaults(selector)
+    if param in defaults and schema.record_value(defaults[param]) == value:
+      continue
+    defining[key] = value
+  name = os.path.join('runs', _digest(json.dumps(defining, sort_keys=True)), f'seed{seed}')
+  if model_dir is not None:
+    legacy = legacy_run_name(configuration, seed)
+    if tf.io.gfile.exists(os.path.join(model_dir, legacy)):
+      return legacy
+  return name
+
+
+# Settings that change what a run evaluates, not what it trains (the legacy rule's only ones).
 _EVALUATION_ONLY = ('run.baselines = ', 'run.report_test = ')
 
 
-def _trained(configuration):
-  return '\n'.join(line for line in configuration.split('\n')
-                   if not line.startswith(_EVALUATION_ONLY))
+def legacy_run_name(configuration, seed):
+  """The run directory of studies made before run_name's rule: a hash of the whole parsed
+  config (_run_configuration) less _EVALUATION_ONLY."""
+  trained = '\n'.join(line for line in configuration.split('\n')
+                      if not line.startswith(_EVALUATION_ONLY))
+  return os.path.join('runs', _digest(trained), f'seed{seed}')
 
 
 def code_version():

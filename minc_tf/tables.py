@@ -2,33 +2,25 @@
 plot) that study.run_study writes beside its runs and into docs/.
 
 Rows are study.run_study's: train.run's results plus 'variant' (the label) and 'seed'. Labels
-carry the structure the tables need: 'minc decay=0.99 B=64' / 'spectral k=256' in a sweep,
-'BYOL lr=0.001' in the methods study's screen and 'BYOL (lr 0.001, final)' in its finals.
+carry the structure the tables need (labels.py writes and parses them).
 """
 import json
 import os
 import platform
-import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from minc_tf import files
+from minc_tf import labels
 from minc_tf import plots
+from minc_tf import schema
 from minc_tf.errors import UserError
 
 # Summary columns of a study's table: (results key, header), mean +- std over the seeds.
-COLUMNS = (('probe_top1', 'probe top-1'), ('knn_top1', 'kNN top-1'),
-           ('test_probe_top1', 'test probe top-1'), ('test_knn_top1', 'test kNN top-1'),
-           ('linear_eval_top1', 'linear eval top-1'),
-           ('test_linear_eval_top1', 'test linear eval top-1'),
-           ('feature_effective_rank', 'feature eff. rank'), ('final_loss', 'final loss'),
-           ('pretrain_wall_time_s', 'pretrain s'))
+COLUMNS = schema.COLUMNS
 
-_SWEEP = re.compile(r'(minc decay=(\S+)|spectral) ([Bk])=(\d+)$')
-_SCREEN = re.compile(r'(.+) lr=(\S+)$')
-_FINAL = re.compile(r'(.+) \(lr (\S+), final\)$')
 
 
 def mean_std(values):
@@ -111,10 +103,7 @@ def sweep_differences(rows):
   'probe': (mean, std), 'knn': (mean, std)}]: per_decay pairs each decay alone (no selection,
   so no bias towards MINC)."""
   def arm(r):  # ((axis, x), decay or 'spectral')
-    m = _SWEEP.match(r['variant'])
-    if not m:
-      return None
-    return (m.group(3), int(m.group(4))), 'spectral' if m.group(2) is None else float(m.group(2))
+    return labels.parse_sweep(r['variant'])
 
   # A run without a probe figure counts as NaN, so a decay missing a seed's figure is never
   # chosen on the seeds it has.
@@ -144,16 +133,16 @@ def methods_summary(rows):
   'test_probe_vs_first' (each final's test probe minus the first final's, paired by seed)."""
   screen = {}
   for r in rows:
-    m = _SCREEN.match(r['variant'])
-    if m and isinstance(r.get('probe_top1'), (int, float)):
-      screen.setdefault(m.group(1), {})[float(m.group(2))] = r['probe_top1']
-  finals = [e for e in summarize(rows) if _FINAL.match(e['variant'])]
-  test = _by_seed(rows, 'test_probe_top1', lambda r: r['variant'] if _FINAL.match(
+    parsed = labels.parse_screen(r['variant'])
+    if parsed and isinstance(r.get('probe_top1'), (int, float)):
+      screen.setdefault(parsed[0], {})[parsed[1]] = r['probe_top1']
+  finals = [e for e in summarize(rows) if labels.parse_final(e['variant'])]
+  test = _by_seed(rows, 'test_probe_top1', lambda r: r['variant'] if labels.parse_final(
       r['variant']) else None)
   first = test.get(finals[0]['variant'], {}) if finals else {}
   for e in finals:
-    m = _FINAL.match(e['variant'])
-    e.update(method=m.group(1), lr=float(m.group(2)))
+    method, lr = labels.parse_final(e['variant'])
+    e.update(method=method, lr=lr)
     if e['variant'] != finals[0]['variant']:
       e['test_probe_vs_first'] = paired(test.get(e['variant'], {}), first)
   return screen, finals

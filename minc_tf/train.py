@@ -6,12 +6,10 @@ flags and gin and calls run().
 """
 
 import dataclasses
-import json
+import types
 import math
 import os
-import tempfile
 import time
-import uuid
 
 from absl import logging
 import gin
@@ -27,187 +25,14 @@ from minc_tf import export as export_lib
 from minc_tf import files
 from minc_tf import model as model_lib
 from minc_tf import monitor
-from minc_tf import networks
 from minc_tf import optim
 from minc_tf import plots
-from minc_tf import spectrum
+from minc_tf import run_dir
+from minc_tf import runtime
+from minc_tf import schema
 from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
-# results.json figures of an evaluation, all of one checkpoint step ('eval_step').
-EVAL_KEYS = ('probe_top1', 'knn_top1', 'random_init_top1', 'raw_pixel_top1', 'feature_dim',
-             'feature_effective_rank', 'eval_wall_time_s', 'linear_eval_top1',
-             'linear_eval_wall_time_s', 'eval_step', 'eval_split', 'test_probe_top1',
-             'test_knn_top1', 'test_random_init_top1', 'test_raw_pixel_top1',
-             'test_linear_eval_top1')
-CHECKPOINT = 'checkpoint.weights.h5'
-
-
-def set_up_determinism(deterministic, one_op_at_a_time=True):
-  """What run.deterministic needs from TensorFlow, some of it before its runtime starts.
-
-  Op determinism, and ONE inter-op thread (one_op_at_a_time): with several, independent ops of
-  the train step run concurrently, and seeded CPU runs on a loaded machine came out different
-  from step 2 on (measured; intra-op threads, the data pipeline and the order of gradients and
-  updates were ruled out, docs/reproducibility.md). TensorFlow fixes the inter-op pool when its
-  runtime starts, so main calls this before it builds the strategy; run() calls it again.
-  Multi-replica strategies keep their inter-op pool (their collectives run side by side), so
-  for them only op determinism is set.
-  """
-  if not deterministic:
-    return
-  tf.config.experimental.enable_op_determinism()
-  if not one_op_at_a_time:
-    return
-  try:
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-  except RuntimeError:  # the runtime has started: only the environment could have set it.
-    if os.environ.get('TF_NUM_INTEROP_THREADS') != '1':
-      raise UserError('run.deterministic=True needs TensorFlow to run one op at a time, which '
-                      'is fixed when its runtime starts, and it has started already (run.'
-                      'deterministic set outside the top-level gin config, or train.run called '
-                      'from your own program). Fix: set TF_NUM_INTEROP_THREADS=1 in the '
-                      'environment before launching.') from None
-
-
-def deterministic_from_gin():
-  """run.deterministic as bound in the parsed gin config (False when unbound)."""
-  try:
-    return bool(gin.query_parameter('run.deterministic'))
-  except ValueError:
-    return False
-
-
-def _check_writable(model_dir):
-  try:
-    tf.io.gfile.makedirs(model_dir)
-    probe = os.path.join(model_dir, f'.write_test-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-    with tf.io.gfile.GFile(probe, 'w') as f:
-      f.write('ok')
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as e:
-    raise UserError(f'The model dir {model_dir} is not writable ({e.__class__.__name__}). Fix: '
-                    'pass --model_dir=<a directory you can write>.') from None
-
-
-IDENTITY = 'run_identity.json'
-# What a model dir trains: method, architecture, data, views, optimizer and schedule, batch. A
-# rerun with other values would be another run in the same dir.
-_IDENTITY_PREFIXES = ('build_model.', 'build_encoder.', 'build_optimizer.', 'view_transforms.',
-                      'load_data.')
-# Where the data lies, how it is read, and what is evaluated on: not what the run trains.
-_NOT_IDENTITY = ('load_data.data_dir', 'load_data.idx_dir', 'load_data.image_dir',
-                 'load_data.cache', 'load_data.on_corrupt', 'load_data.eval_split',
-                 'load_data.eval_every')
-# What shapes the checkpoint's variables: all an eval or export must agree with.
-_ARCHITECTURE = ('build_model.method', 'build_model.projector_hidden', 'build_model.projector_dim',
-                 'build_model.predictor', 'build_model.predictor_hidden', 'build_model.use_target',
-                 'build_encoder.')
-
-
-def run_identity(**run_settings):
-  """The defining settings of this configuration, {binding: value}, as JSON stores them."""
-  values = {k: v for k, v in monitor.gin_hparams().items()
-            if k.startswith(_IDENTITY_PREFIXES) and k not in _NOT_IDENTITY}
-  values.update({f'run.{k}': v for k, v in run_settings.items()})
-  return json.loads(json.dumps(values))
-
-
-def _check_identity(model_dir, mode, allow_change, identity):
-  """Stops, before anything in model_dir is touched, a rerun whose defining settings differ
-  from those recorded when its training started (eval and export: those that shape the
-  variables, ignoring settings the record predates). Returns whether training should (re)record
-  the identity: no record yet, a damaged one, an allowed change, or a dir with nothing trained
-  in it (a first run that failed before its first checkpoint)."""
-  path = os.path.join(model_dir, IDENTITY)
-  trained = (tf.io.gfile.glob(os.path.join(model_dir, 'checkpoints', 'ckpt-*.index')) or
-             tf.io.gfile.exists(os.path.join(model_dir, 'results.json')))
-  if not tf.io.gfile.exists(path):
-    return True
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      recorded = json.load(f)['settings']
-    if not isinstance(recorded, dict):
-      raise TypeError
-  except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-    logging.warning('%s is damaged; it will be rewritten from this configuration.', path)
-    return True
-  if not trained:
-    return True
-  if 'run.mixed_precision' in recorded and recorded['run.mixed_precision'] is None:
-    recorded['run.mixed_precision'] = 'float32'  # recorded so before the two were one
-  evaluating = mode in ('eval', 'export')
-  keys = sorted(set(recorded) | set(identity))
-  if evaluating:
-    keys = [k for k in keys if k.startswith(_ARCHITECTURE) and k in recorded]
-  missing = '(unset)'
-  changed = [f'{k}: {recorded.get(k, missing)!r} -> {identity.get(k, missing)!r}' for k in keys
-             if recorded.get(k, missing) != identity.get(k, missing)]
-  if not changed:
-    return False
-  if allow_change:
-    logging.warning('--allow_config_change: continuing %s with changed settings: %s', model_dir,
-                    '; '.join(changed))
-    return not evaluating
-  fix = ('Fix: use another --model_dir for the new configuration, or pass '
-         '--allow_config_change to ' + ('evaluate or export with it anyway.' if evaluating else
-                                        'continue this run with it (its checkpoints must still '
-                                        'load).'))
-  raise UserError(f'{model_dir} holds a run of another configuration; nothing was changed. '
-                  f'Settings that differ (recorded -> now): {"; ".join(changed)}. {fix}')
-
-
-def _write_identity(model_dir, identity):
-  """Records the identity when a training run starts (keeping earlier ones as history)."""
-  path = os.path.join(model_dir, IDENTITY)
-  history = []
-  if tf.io.gfile.exists(path):
-    try:
-      with tf.io.gfile.GFile(path) as f:
-        old = json.load(f)
-      history = list(old.get('history', [])) + [old['settings']]
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-      pass
-  files.write(path, json.dumps({'settings': identity, 'history': history}, indent=2))
-
-
-def _check_memory(model, strategy, global_batch_size):
-  """Stops a batch whose activations cannot fit in this host's memory before it is allocated
-  (TensorFlow on CPU dies of it with a segfault, not an error). A lower bound: the float32
-  outputs of every encoder and projector layer, kept for the backward pass, for both views of
-  the host's share of the batch; accelerators report their own out-of-memory errors."""
-  try:
-    devices = strategy.extended.worker_devices
-  except RuntimeError:  # the default strategy: one device, an accelerator when there is one
-    accelerators = tf.config.list_logical_devices('GPU') + tf.config.list_logical_devices('TPU')
-    devices = [accelerators[0].name if accelerators else 'CPU:0']
-  if not all('CPU' in d.upper() for d in devices):
-    return
-  try:
-    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  except (ValueError, OSError, AttributeError):  # not a POSIX host: no estimate
-    return
-  per_example = sum(math.prod(d or 1 for d in layer.output.shape[1:])
-                    for net in (model.encoder, model.projector) for layer in net.layers)
-  host_batch = global_batch_size * len(devices) // strategy.num_replicas_in_sync
-  need = 4 * per_example * 2 * host_batch
-  if need > ram:
-    raise UserError(f'run.global_batch_size = {global_batch_size} needs at least '
-                    f'{need / 2 ** 30:.0f} GiB for its activations on this host, which has '
-                    f'{ram / 2 ** 30:.0f} GiB of memory. Fix: lower run.global_batch_size to at '
-                    f'most {max(int(global_batch_size * ram / need), 1)}, or use a smaller '
-                    'encoder.')
-
-
-def _save_weights(model, model_dir):
-  """Final weights as a Keras file (for users), written to a temporary file and renamed."""
-  path = os.path.join(model_dir, CHECKPOINT)
-  tmp = path + '.tmp.weights.h5'
-  model.save_weights(tmp)  # Keras writes remote paths (gs://, ram://) through gfile
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  return path
-
-
 TRAINING = ('train', 'train_and_eval')
 
 
@@ -296,6 +121,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   are collectives); each phase reads model_dir and writes only through job.out(), which is
   model_dir on the chief and a private temporary directory on the other workers.
   """
+  settings = types.SimpleNamespace(**locals())  # run()'s arguments by name, for its phases
   if mode not in MODES:
     raise UserError(f'Unknown --mode {mode!r}; choose one of {", ".join(MODES)}.')
   for name, value, check in (
@@ -322,20 +148,16 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   if seed is not None:
     keras.utils.set_random_seed(seed)
   # The default strategy is the single-device one; others keep their inter-op pool.
-  set_up_determinism(deterministic, one_op_at_a_time=strategy is tf.distribute.get_strategy())
+  runtime.set_up_determinism(deterministic, one_op_at_a_time=strategy is tf.distribute.get_strategy())
   if deterministic and os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
     logging.warning('run.deterministic=True: oneDNN kernels are not bit-reproducible; set '
                     'TF_ENABLE_ONEDNN_OPTS=0 before launching for identical reruns.')
 
-  job = _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
-                steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
-                keep_checkpoints, allow_config_change, report_test)
+  job = _set_up(settings)
   try:
     if mode in TRAINING:
       start_step = _resume(job, seed)
-      fit = _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_freq,
-                 feature_rank_every_steps, feature_rank_per_epoch, feature_rank_images,
-                 checkpoint_every_steps, checkpoint_every_secs)
+      fit = _fit(job, start_step, settings)
       results = _training_results(job, start_step, fit)
       if fit.guard.preempted:
         _write_results(job, results)
@@ -345,17 +167,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       results = _restored_results(job)
     if mode in ('eval', 'train_and_eval'):
       results['eval_step'] = job.checkpointer.step
-      results.update(evaluate_encoders(job.model.encoder, job.data, eval_batch_size,
-                                       eval_train_examples, eval_test_examples, baselines, knn,
-                                       strategy, report_test))
-      if offline_linear_eval:
-        start = time.time()
-        splits = [job.data.eval_split] + ([job.data.test_split] if report_test else [])
-        top1 = evaluate.offline_linear_eval(job.model.encoder, job.data, strategy, splits=splits)
-        results['linear_eval_top1'] = top1[0]
-        if report_test:
-          results['test_linear_eval_top1'] = top1[1]
-        results['linear_eval_wall_time_s'] = round(time.time() - start, 1)
+      results.update(evaluate.evaluate_encoders(
+          job.model.encoder, job.data, eval_batch_size, eval_train_examples, eval_test_examples,
+          baselines, knn, strategy, report_test, linear_eval=offline_linear_eval))
     if mode in TRAINING:
       title = f'{job.model.method.name}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
       if 'probe_top1' in results:
@@ -368,28 +182,22 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     job.close()
 
 
-def _worker_dir(strategy, model_dir):
-  """model_dir for the chief (and every single-client strategy); a private temporary directory
-  for the other workers of a multi-worker run."""
-  if strategy.extended.should_checkpoint:
-    return model_dir
-  resolver = strategy.cluster_resolver
-  return tempfile.mkdtemp(prefix=f'minc_tf_{resolver.task_type}{resolver.task_id}_')
-
-
-def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoch,
-            steps_per_execution, jit_compile, mixed_precision, seed, augment_on_device,
-            keep_checkpoints, allow_config_change, report_test):
+def _set_up(settings):
   """Data, model and optimizer (built up front: slots must exist before a checkpoint loads into
   them, and a lazy build inside fit fails under MultiWorkerMirroredStrategy), the memory and
-  write checks, and the identity check. Nothing is written before every check has passed."""
+  write checks, and the identity check. Nothing is written before every check has passed.
+  settings: run()'s arguments."""
+  mode, model_dir, strategy = settings.mode, settings.model_dir, settings.strategy
+  global_batch_size, epochs = settings.global_batch_size, settings.epochs
+  steps_per_execution, mixed_precision = settings.steps_per_execution, settings.mixed_precision
+  seed, augment_on_device = settings.seed, settings.augment_on_device
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise UserError(f'The global batch size {global_batch_size} does not divide by the '
                     f'{replicas} replicas of this strategy. Fix: bind '
                     f'run.global_batch_size to a multiple of {replicas}.')
   data = data_lib.load_data()
-  if report_test and mode in ('eval', 'train_and_eval') and data.test_split is None:
+  if settings.report_test and mode in ('eval', 'train_and_eval') and data.test_split is None:
     raise UserError(f'run.report_test = True, but {data.name} has no test split apart from the '
                     f'one evaluation reads ({data.eval_split!r}). Fix: bind '
                     'load_data.validation_examples = 10000 (fashion_mnist) to hold out a '
@@ -398,7 +206,7 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
     raise UserError(f'run.global_batch_size = {global_batch_size} is more than the '
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
                     f'run.global_batch_size to at most {data.num_train}.')
-  steps_per_epoch = steps_per_epoch or data.num_train // global_batch_size
+  steps_per_epoch = settings.steps_per_epoch or data.num_train // global_batch_size
   if mixed_precision == 'mixed_float16' and mode in TRAINING:
     # Its loss-scale optimizer does not count the steps it skips: the step count, which
     # checkpoints, resumes and the finished-run check take as the run's clock, would fall
@@ -424,23 +232,24 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
     model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
                                   total_steps=steps_per_epoch * epochs, sync_bn=replicas > 1)
     optimizer = optim.build_optimizer(global_batch_size, steps_per_epoch, epochs)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile,
+    model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
                   steps_per_execution=steps_per_execution)
-  _check_memory(model, strategy, global_batch_size)
-  _check_writable(model_dir)  # after every check above: a refused run creates nothing
+  runtime.check_host_memory(model, strategy, global_batch_size)
+  run_dir.check_writable(model_dir)  # after every check above: a refused run creates nothing
   if augment_on_device:
     _, view1, view2 = augment.view_transforms(data.image_shape[0])
     model.device_views = augment.batch_views(view1, view2, data.mean, data.std)
-  identity = run_identity(
+  identity = run_dir.run_identity(
       global_batch_size=global_batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
       seed=seed, augment_on_device=augment_on_device,
       mixed_precision=mixed_precision or 'float32')
-  record_identity = _check_identity(model_dir, mode, allow_config_change, identity)
-  out_dir = _worker_dir(strategy, model_dir)
+  record_identity = run_dir.check_identity(model_dir, mode, settings.allow_config_change,
+                                           identity)
+  out_dir = runtime.worker_dir(strategy, model_dir)
   try:
     with strategy.scope():  # the data seed is then the chief's on every worker
       checkpointer = checkpoint.Checkpointer(
-          model, os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints,
+          model, os.path.join(model_dir, 'checkpoints'), keep=settings.keep_checkpoints,
           save_directory=os.path.join(out_dir, 'checkpoints'))
       checkpointer.build_optimizer()
   except BaseException:
@@ -451,43 +260,10 @@ def _set_up(mode, model_dir, strategy, global_batch_size, epochs, steps_per_epoc
               epochs, steps_per_epoch, identity, record_identity)
 
 
-def _restore(job, required=False):
-  """The newest readable checkpoint restored (its step; 0: none). Restoring is collective
-  under MultiWorkerMirroredStrategy: the workers first agree on what they see, and an error on
-  any worker (a UserError or any other) stops them all."""
-  ckpt = job.checkpointer
-  if not checkpoint.in_cluster(job.strategy):
-    with job.strategy.scope():  # restored slots are created as distributed variables
-      return ckpt.restore_latest(required=required)
-  # A barrier first: the chief has rebuilt a damaged index (in _set_up) before anyone reads it.
-  checkpoint.replica_sum(job.strategy)([0.0])
-  newest = _on_every_worker(job, ckpt.newest_step)
-  checkpoint.check_same_step(job.strategy, newest, ckpt.directory)
-
-  def restore():
-    with job.strategy.scope():
-      return ckpt.restore_latest(required=required)
-
-  step = _on_every_worker(job, restore)
-  checkpoint.check_same_step(job.strategy, step, ckpt.directory)
-  return step
-
-
-def _on_every_worker(job, fn):
-  """fn() on this worker of a multi-worker run; an exception on any worker is raised on all
-  (a worker that stopped alone would leave the others waiting in their next collective)."""
-  try:
-    result, error = fn(), None
-  except Exception as e:  # pylint: disable=broad-except  (re-raised below, on every worker)
-    result, error = None, e
-  checkpoint.agree_on_error(job.strategy, error)
-  return result
-
-
 def _resume(job, seed):
   """Restores the newest readable checkpoint (its step; 0 for a fresh run) unless that would
   overwrite a finished run, and records the run's identity and config."""
-  start_step = _restore(job)
+  start_step = checkpoint.restore_collectively(job.checkpointer, job.strategy)
   calls = int(getattr(job.model, 'steps_per_execution', 1) or 1)
   done = start_step % job.steps_per_epoch
   if done % calls:  # before anything is written
@@ -497,7 +273,7 @@ def _resume(job, seed):
                     'was written with another setting): Keras would run past the epoch\'s '
                     f'end. Fix: bind run.steps_per_execution to {max(fits)} (it divides both '
                     f'{done} and the epoch\'s {job.steps_per_epoch} steps) for this run.')
-  previous = _read_results(job)
+  previous = run_dir.read_results(job.model_dir, job.chief)
   finished = previous.get('final_step', 0) if not previous.get('preempted') else 0
   finished = max(finished,
                  export_lib.exported_step(os.path.join(job.model_dir, 'export')) or 0)
@@ -510,7 +286,7 @@ def _resume(job, seed):
         'overwrite the finished run\'s weights, export and results. Nothing was changed. Fix: '
         'restore the checkpoint files, or train in another --model_dir.')
   if job.record_identity:
-    _write_identity(job.out_dir, job.identity)
+    run_dir.write_identity(job.out_dir, job.identity)
   files.write(job.out('config.gin'), gin.config_str())
   if seed is not None:
     job.checkpointer.data_seed.assign(seed)  # so the checkpoint records the stream it trained on
@@ -525,11 +301,10 @@ class _Fit:
   wall_s: float
 
 
-def _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_freq,
-         feature_rank_every_steps, feature_rank_per_epoch, feature_rank_images,
-         checkpoint_every_steps, checkpoint_every_secs):
+def _fit(job, start_step, settings):
   """Trains from start_step to the planned step, or until a signal, with checkpoints and
-  TensorBoard; a NaN loss is a UserError naming the checkpoint kept."""
+  TensorBoard; a NaN loss is a UserError naming the checkpoint kept. settings: run()'s."""
+  s = settings
   data, strategy, model = job.data, job.strategy, job.model
   data_seed = int(job.checkpointer.data_seed.numpy())
 
@@ -537,36 +312,36 @@ def _fit(job, start_step, seed, augment_on_device, verbose, tensorboard_update_f
     return strategy.distribute_datasets_from_function(
         lambda ctx: data.pretrain_dataset(ctx.get_per_replica_batch_size(job.global_batch_size),
                                           ctx, seed=data_seed, start_step=step,
-                                          crops_only=augment_on_device,
-                                          ordered=seed is not None))
+                                          crops_only=s.augment_on_device,
+                                          ordered=s.seed is not None))
 
   cluster = checkpoint.in_cluster(strategy)
   guard = checkpoint.TrainingGuard(
-      job.checkpointer, every_steps=checkpoint_every_steps,
-      every_secs=None if cluster else checkpoint_every_secs,  # one clock per worker
+      job.checkpointer, every_steps=s.checkpoint_every_steps,
+      every_secs=None if cluster else s.checkpoint_every_secs,  # one clock per worker
       strategy=strategy)
   (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
   rank_images = None
-  if feature_rank_images:
+  if s.feature_rank_images:
     rank_images = np.concatenate([x.numpy() for x, _ in data.eval_dataset(
-        data.eval_split, 256, limit=feature_rank_images)])
+        data.eval_split, 256, limit=s.feature_rank_images)])
   tb_dir = job.out('tensorboard')
   run_monitor = monitor.Monitor(
-      tb_dir, job.global_batch_size, every_steps=tensorboard_update_freq, view_pairs=(v1, v2),
+      tb_dir, job.global_batch_size, every_steps=s.tensorboard_update_freq, view_pairs=(v1, v2),
       config_text=gin.config_str(), rank_images=rank_images,
-      rank_every_steps=feature_rank_every_steps or max(
-          job.steps_per_epoch // feature_rank_per_epoch, 1),
+      rank_every_steps=s.feature_rank_every_steps or max(
+          job.steps_per_epoch // s.feature_rank_per_epoch, 1),
       curves_path=job.out('curves.json'),
       curves_from=os.path.join(job.model_dir, 'curves.json'))
   callbacks = [  # the guard first: no checkpoint is written after a NaN step.
       guard,
-      monitor.TensorBoard(tb_dir, update_freq=tensorboard_update_freq),
+      monitor.TensorBoard(tb_dir, update_freq=s.tensorboard_update_freq),
       run_monitor,
   ]
   start = time.time()
   with guard.catching_signals():  # also between the two fit() calls of a resumed run
     history = _fit_from(model, dataset_from, start_step, job.steps_per_epoch, job.epochs,
-                        callbacks, verbose, guard)
+                        callbacks, s.verbose, guard)
   wall = time.time() - start
   if guard.diverged_at is not None:
     saved = job.checkpointer.paths
@@ -590,7 +365,7 @@ def _training_results(job, start_step, fit):
   results = {'method': job.model.method.name, 'dataset': job.data.name, 'epochs': job.epochs,
              'batch_size': job.global_batch_size, 'steps': job.steps_per_epoch * job.epochs,
              'replicas': job.strategy.num_replicas_in_sync}
-  previous = _read_results(job) if step == start_step else {}
+  previous = run_dir.read_results(job.model_dir, job.chief) if step == start_step else {}
   if previous.get('final_step') == step:
     # Not a stop on its last step either: that run is finished now.
     results = {**{k: v for k, v in previous.items() if k != 'preempted'}, **results}
@@ -618,7 +393,7 @@ def _training_results(job, start_step, fit):
 
 def _finish_training(job):
   """The finished run's files: the final weights, the exported encoder, the operative config."""
-  _save_weights(job.model, job.out_dir)
+  run_dir.save_weights(job.model, job.out_dir)
   export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
                             step=job.checkpointer.step)
   files.write(job.out('operative_config.gin'), gin.operative_config_str())
@@ -628,8 +403,8 @@ def _restored_results(job):
   """eval / export: the newest readable checkpoint restored (export: written), beside what the
   training run measured."""
   mode = job.mode
-  step = _restore(job, required=True)
-  previous = _read_results(job)
+  step = checkpoint.restore_collectively(job.checkpointer, job.strategy, required=True)
+  previous = run_dir.read_results(job.model_dir, job.chief)
   if job.checkpointer.damaged:
     note = (', '.join(os.path.basename(p) for p, _ in job.checkpointer.damaged) +
             f' unreadable; {mode} used the newest readable checkpoint, of step {step}')
@@ -645,7 +420,7 @@ def _restored_results(job):
   if mode == 'eval' and evaluated is not None and evaluated != step:
     logging.warning('Replacing the evaluation of step %s in results.json with that of step %d.',
                     evaluated, step)
-    previous = {k: v for k, v in previous.items() if k not in EVAL_KEYS}
+    previous = {k: v for k, v in previous.items() if k not in schema.EVAL_KEYS}
   # The config's epochs and steps describe a plan, not this checkpoint: report the step read,
   # and keep what the training run measured (losses, wall time) beside the new figures.
   results = {**previous, 'method': job.model.method.name, 'dataset': job.data.name,
@@ -655,6 +430,12 @@ def _restored_results(job):
     export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
                               step=step)
   return results
+
+
+def _write_results(job, results):
+  """results.json and the HParams metrics; the HParams settings are a training run's."""
+  run_dir.write_results(job.out_dir, results, job.checkpointer.step,
+                        session=job.mode in TRAINING)
 
 
 def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callbacks, verbose, guard):
@@ -680,85 +461,3 @@ def _fit_from(model, dataset_from, start_step, steps_per_epoch, epochs, callback
   return history
 
 
-def _read_results(job):
-  """<model_dir>/results.json as a dict; the chief sets a damaged one aside (renamed, never
-  deleted) with a warning."""
-  path = os.path.join(job.model_dir, 'results.json')
-  if not tf.io.gfile.exists(path):
-    return {}
-  try:
-    with tf.io.gfile.GFile(path) as f:
-      results = json.loads(f.read())
-    if isinstance(results, dict):
-      return results
-  except tf.errors.NotFoundError:  # set aside by the chief meanwhile
-    return {}
-  except (ValueError, UnicodeDecodeError):
-    pass
-  if job.chief:
-    aside = f'{path}.damaged-{int(time.time())}'
-    tf.io.gfile.rename(path, aside, overwrite=True)
-    logging.warning('%s is not a JSON object (truncated or damaged); set aside as %s.', path,
-                    aside)
-  return {}
-
-
-def _write_results(job, results):
-  """results.json (atomically), and the same figures as TensorBoard HParams metrics, so
-  `tensorboard --logdir` over many model dirs compares them; the settings (the HParams session)
-  are a training run's (an eval's or export's command line may differ in what it ignores)."""
-  files.write(job.out('results.json'), json.dumps(results, indent=2))
-  monitor.write_hparams(job.out('tensorboard'), results, job.checkpointer.step,
-                        session=job.mode in TRAINING)
-
-
-# Above this many values per image the raw-pixel baseline is skipped: its probe would hold the
-# training set's pixels as features (ImageNet at 224 px: 1.28M x 150,528 floats, ~770 GB).
-RAW_PIXEL_MAX_FEATURES = 16384
-
-
-def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
-                      strategy=None, report_test=False):
-  """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
-  are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
-  on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration."""
-  strategy = strategy or tf.distribute.get_strategy()
-  start = time.time()
-  train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
-  splits = {'': data.eval_dataset(data.eval_split, batch_size, limit=max_test)}
-  if report_test:
-    splits['test_'] = data.eval_dataset(data.test_split, batch_size, limit=max_test)
-  out = {}
-
-  def probe(name, enc):
-    cache = {}  # one traced function for every split
-    tr_x, tr_y = evaluate.extract_features(enc, train_ds, strategy, cache=cache)
-    held = {p: evaluate.extract_features(enc, ds, strategy, cache=cache)
-            for p, ds in splits.items()}
-    scores = evaluate.linear_probe(tr_x, tr_y, [x for x, _ in held.values()],
-                                   [y for _, y in held.values()], data.num_classes)
-    for prefix, score in zip(held, scores):
-      out[f'{prefix}{name}_top1'] = score
-      if knn and name == 'probe':
-        out[f'{prefix}knn_top1'] = evaluate.knn_accuracy(tr_x, tr_y, *held[prefix],
-                                                         data.num_classes)
-    return tr_x
-
-  feats = probe('probe', encoder)
-  out['feature_dim'] = int(feats.shape[1])
-  out['feature_effective_rank'] = spectrum.feature_effective_rank(feats[:20000])
-  if baselines:
-    with strategy.scope():
-      random_encoder = networks.build_encoder(data.image_shape, name='random_encoder')
-      pixels = keras.Sequential([keras.Input(data.image_shape), keras.layers.Flatten()])
-    probe('random_init', random_encoder)
-    size = math.prod(data.image_shape)
-    if size <= RAW_PIXEL_MAX_FEATURES:
-      probe('raw_pixel', pixels)
-    else:
-      out['raw_pixel_note'] = (f'skipped: {size} values per image (more than '
-                               f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
-                               'training images as features')
-  out['eval_split'] = data.eval_split
-  out['eval_wall_time_s'] = round(time.time() - start, 1)
-  return out

@@ -18,6 +18,9 @@ _cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
+# After the devices are configured (an import must not start the runtime first).
+from minc_tf import configurables  # noqa: E402,F401  (every gin configurable, as main has them)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

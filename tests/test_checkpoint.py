@@ -20,8 +20,8 @@ from minc_tf import checkpoint
 from minc_tf import config
 from minc_tf import model as model_lib
 from minc_tf import optim
-from test_data import write_idx
-from test_strategy import free_ports
+from helpers import write_idx
+from helpers import free_ports
 
 STEPS_PER_EPOCH, EPOCHS = 10, 3
 PLANNED = STEPS_PER_EPOCH * EPOCHS
@@ -268,9 +268,9 @@ def test_deterministic_needs_one_inter_op_thread_once_tensorflow_has_started():
   """train.run called from a program whose TensorFlow already runs: a clear error, unless the
   environment set one inter-op thread."""
   code = ('import tensorflow as tf; tf.constant(1.0) + 1.0\n'
-          'from minc_tf import train\n'
+          'from minc_tf import runtime\n'
           'from minc_tf.errors import UserError\n'
-          'try:\n  train.set_up_determinism(True)\nexcept UserError as e:\n  print("ERR", e)\n'
+          'try:\n  runtime.set_up_determinism(True)\nexcept UserError as e:\n  print("ERR", e)\n'
           'else:\n  print("OK", tf.config.threading.get_inter_op_parallelism_threads())\n')
   outputs = {}
   for env_value in (None, '1'):
@@ -287,7 +287,7 @@ def test_deterministic_needs_one_inter_op_thread_once_tensorflow_has_started():
 
 def test_ctrl_c_saves_at_the_end_of_the_step_and_stops(tmp_path):
   import keras
-  from test_model import batches, compile_model, dataset, tiny_model
+  from helpers import batches, compile_model, dataset, tiny_model
   m = tiny_model('minc')
   compile_model(m)
   ckpt = checkpoint.Checkpointer(m, str(tmp_path / 'checkpoints'))
@@ -319,7 +319,7 @@ def test_guard_acts_once_per_execution_of_seven_steps(tmp_path):
   Ctrl-C as the second execution (steps 8-14) starts saves at its end, 14; a non-finite loss at
   step 10 stops at 14 with no checkpoint after the one at 7."""
   import keras
-  from test_model import batches, dataset, tiny_model
+  from helpers import batches, dataset, tiny_model
 
   def fit(name, every, data, hook=None):
     m = tiny_model('minc')
@@ -363,7 +363,7 @@ def test_cluster_signal_all_reduce_and_no_clock_cadence(mirrored, monkeypatch):
 
 
 def test_checkpoints_every_so_many_seconds(tmp_path):
-  from test_model import batches, compile_model, dataset, tiny_model
+  from helpers import batches, compile_model, dataset, tiny_model
   m = tiny_model('spectral')
   compile_model(m)
   ckpt = checkpoint.Checkpointer(m, str(tmp_path / 'checkpoints'), keep=10)

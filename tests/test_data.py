@@ -10,13 +10,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from minc_tf import data as data_lib
+from minc_tf import sources
 from minc_tf.errors import UserError
-
-
-def write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
+from helpers import write_idx
 
 
 def _fake_arrays():
@@ -67,7 +63,7 @@ def test_missing_fashion_mnist_explains_how_to_get_it_and_cleans_up(tmp_path, mo
     (tfds_dir / 'fashion_mnist' / '3.0.1.incompleteXYZ').mkdir(parents=True)
     raise ConnectionError('no network')
   monkeypatch.setattr(tfds, 'load', no_network)
-  monkeypatch.setattr(data_lib, 'FASHION_MNIST_DIR', str(tmp_path / 'no_debian_package'))
+  monkeypatch.setattr(sources, 'FASHION_MNIST_DIR', str(tmp_path / 'no_debian_package'))
   with pytest.raises(UserError, match=f'download of .fashion_mnist. into {tfds_dir} failed '
                                       r'\(ConnectionError: no network\).*apt-get install '
                                       'dataset-fashion-mnist'):
@@ -95,7 +91,7 @@ def test_array_source_shards_by_input_pipeline(fake_fmnist):
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
   ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                    num_replicas_in_sync=2)
-  labels = [int(y) for _, y in d._examples('train', ctx)]
+  labels = [int(y) for _, y in d.source.examples('train', ctx)]
   np.testing.assert_array_equal(labels, d.arrays('train')[1][1::2])
 
 
@@ -162,7 +158,7 @@ def test_resuming_late_in_a_run_reads_at_most_one_epoch(fake_fmnist, monkeypatch
   ImageNet run, terabytes), and gives the uninterrupted run's batch of step 100."""
   d = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)
   reads = []
-  epochs = d._epochs
+  epochs = d.source.epochs
 
   def counted(*args, **kwargs):
     def count(label):
@@ -173,7 +169,7 @@ def test_resuming_late_in_a_run_reads_at_most_one_epoch(fake_fmnist, monkeypatch
         example[0], tf.ensure_shape(tf.numpy_function(count, [example[1]], example[1].dtype,
                                                       stateful=True), []))))
 
-  monkeypatch.setattr(d, '_epochs', counted)
+  monkeypatch.setattr(d.source, 'epochs', counted)
   late = iter(d.pretrain_dataset(8, seed=5, start_step=100, ordered=True))
   first = next(late)
   assert 0 < len(reads) <= 64 + 8 * 8, len(reads)  # its epoch, and what prefetching takes
@@ -235,7 +231,7 @@ def test_image_folder_reshuffles_every_epoch_and_resumes_exactly(tmp_path, cache
   labels = _resume_matches(d, 4, 10, 6)
   epochs = [labels[i * 16:(i + 1) * 16] for i in range(2)]
   for epoch in epochs:
-    np.testing.assert_array_equal(np.sort(epoch), np.sort(d._files['train'][1]))
+    np.testing.assert_array_equal(np.sort(epoch), np.sort(d.source.shard('train', None)[1]))
   assert not np.array_equal(epochs[0], epochs[1])
 
 
@@ -272,9 +268,9 @@ def test_tfds_source_knows_each_input_pipelines_epoch_and_resumes_exactly(tmp_pa
   d = _tfds_images(tmp_path)
   ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                    num_replicas_in_sync=2)
-  read = len(list(d._examples('train', ctx)))
-  assert d._epoch_size('train', ctx) == read and 0 < read < 40
-  assert d._epoch_size('train', None) == 40
+  read = len(list(d.source.examples('train', ctx)))
+  assert d.source.epoch_size('train', ctx) == read and 0 < read < 40
+  assert d.source.epoch_size('train', None) == 40
   # 5 steps an epoch of 20; permuted within runs of 6 (the first run shorter, by epoch).
   labels = _resume_matches(d, 4, 12, 7, ctx, shuffle_buffer=6)
   np.testing.assert_array_equal(np.sort(labels[:read]), np.sort(labels[read:2 * read]))
@@ -304,13 +300,13 @@ def test_validation_is_a_fixed_hold_out_of_training_and_the_test_split_stays_apa
   again = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28,
                              validation_examples=16)
   key = lambda images: {im.tobytes() for im in images[..., 0]}  # noqa: E731
-  val, kept = key(d._arrays['validation'][0]), key(d._arrays['train'][0])
-  assert val == key(again._arrays['validation'][0]) and len(val) == 16
+  val, kept = key(d.arrays('validation')[0]), key(d.arrays('train')[0])
+  assert val == key(again.arrays('validation')[0]) and len(val) == 16
   assert not val & kept and val | kept == key(train[0][..., None].astype(np.uint8))
-  np.testing.assert_array_equal(d._arrays['test'][0][..., 0], test[0])
+  np.testing.assert_array_equal(d.arrays('test')[0][..., 0], test[0])
   # Labels travel with their images.
   index = {im.tobytes(): y for im, y in zip(train[0].astype(np.uint8), train[1])}
-  images, labels = d._arrays['validation']
+  images, labels = d.arrays('validation')
   assert [index[im.tobytes()] for im in images[..., 0]] == list(labels)
   # Without it: no validation split, evaluation reads the test set.
   plain = data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), image_size=28)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from minc_tf import errors
 from minc_tf import main as main_lib
-from test_data import write_idx
+from helpers import write_idx
 
 STEPS, EPOCHS = 3, 2
 FINAL = STEPS * EPOCHS
@@ -405,11 +405,11 @@ def test_gin_file_naming_a_directory(tmp_path, cli):
 
 def test_activations_beyond_the_host_memory_are_refused_before_allocation():
   from minc_tf import model as model_lib
-  from minc_tf import train
+  from minc_tf import runtime
   gin.parse_config_files_and_bindings(['gin/quickstart.gin'], ['build_encoder.base_width = 4'])
   model = model_lib.build_model((28, 28, 1), num_classes=10)
   strategy = tf.distribute.get_strategy()
-  train._check_memory(model, strategy, 256)  # the quickstart's batch fits
+  runtime.check_host_memory(model, strategy, 256)  # the quickstart's batch fits
   with pytest.raises(errors.UserError, match=r'run.global_batch_size = 100000000 needs at least '
                                              r'\d+ GiB .* which has \d+ GiB of memory'):
-    train._check_memory(model, strategy, 10 ** 8)
+    runtime.check_host_memory(model, strategy, 10 ** 8)

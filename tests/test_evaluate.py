@@ -192,7 +192,6 @@ def test_one_probe_scores_validation_and_test_as_separate_probes_would():
 def test_report_test_scores_the_same_probe_on_the_test_split():
   """train.evaluate_encoders with a validation and a test split: the test figures are the
   probe and kNN of the same training features, scored on the test images."""
-  from minc_tf import train
   rng = np.random.default_rng(4)
 
   def split(n):
@@ -205,17 +204,17 @@ def test_report_test_scores_the_same_probe_on_the_test_split():
                          eval_split='validation', test_split='test')
   encoder = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(4, kernel_initializer='ones')])
-  out = train.evaluate_encoders(encoder, d, 32, None, None, False, True, report_test=True)
+  out = evaluate.evaluate_encoders(encoder, d, 32, None, None, False, True, report_test=True)
   feats = {s: evaluate.extract_features(encoder, d.eval_dataset(s, 32)) for s in arrays}
   for prefix, s in (('', 'validation'), ('test_', 'test')):
     assert out[f'{prefix}probe_top1'] == evaluate.linear_probe(*feats['train'], *feats[s], 2)
     assert out[f'{prefix}knn_top1'] == evaluate.knn_accuracy(*feats['train'], *feats[s], 2)
   assert out['eval_split'] == 'validation' and out['probe_top1'] > 60
   assert out['probe_top1'] != out['test_probe_top1']
-  assert 'test_probe_top1' not in train.evaluate_encoders(encoder, d, 32, None, None, False,
+  assert 'test_probe_top1' not in evaluate.evaluate_encoders(encoder, d, 32, None, None, False,
                                                           False)
   # The baselines are scored on the test split too (the random-init row of a final table).
-  with_baselines = train.evaluate_encoders(encoder, d, 32, None, None, True, False,
+  with_baselines = evaluate.evaluate_encoders(encoder, d, 32, None, None, True, False,
                                            report_test=True)
   pixels = {s: evaluate.extract_features(keras.Sequential([keras.Input((8, 8, 1)),
                                                            keras.layers.Flatten()]),

@@ -8,7 +8,6 @@ import io
 import contextlib
 
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,7 +18,7 @@ from minc_tf import methods
 from minc_tf import model as model_lib
 from minc_tf.errors import UserError
 from minc_tf.methods import base
-from test_model import batches, compile_model, dataset, tiny_model
+from helpers import batches, compile_model, dataset, tiny_model
 
 NAMES = methods.names()
 

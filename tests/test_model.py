@@ -9,45 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from minc_tf import losses
 from minc_tf import methods
 from minc_tf import model as model_lib
 from minc_tf import optim
-from minc_tf import train  # noqa: F401  (registers the configurables quickstart.gin binds)
 from minc_tf.errors import UserError
-
-SHAPE = (8, 8, 1)
-TINY = {'build_encoder.depth': 18, 'build_encoder.small_images': True,
-        'build_encoder.stage_blocks': (1,), 'build_encoder.base_width': 4}
-
-
-def tiny_model(method='minc', sync_bn=False, seed=0, **kw):
-  for k, v in TINY.items():
-    gin.bind_parameter(k, v)
-  keras.utils.set_random_seed(seed)
-  m = model_lib.build_model(SHAPE, method=method, num_classes=3, projector_hidden=(16,),
-                            projector_dim=8, predictor_hidden=(16,), total_steps=10,
-                            sync_bn=sync_bn, **kw)
-  return m
-
-
-def batches(n=16, count=2, seed=1):
-  rng = np.random.default_rng(seed)
-  return [((rng.normal(size=(n,) + SHAPE).astype(np.float32),
-            rng.normal(size=(n,) + SHAPE).astype(np.float32)),
-           rng.integers(0, 3, size=n)) for _ in range(count)]
-
-
-def dataset(data):
-  x1 = np.concatenate([b[0][0] for b in data])
-  x2 = np.concatenate([b[0][1] for b in data])
-  y = np.concatenate([b[1] for b in data])
-  return tf.data.Dataset.from_tensor_slices(((x1, x2), y)).batch(len(data[0][1]))
-
-
-def compile_model(m, lr=0.1, jit_compile=False):
-  m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), jit_compile=jit_compile)
-
+from helpers import SHAPE, batches, compile_model, dataset, tiny_model
 
 @pytest.mark.parametrize('method', methods.names() + ('minc_with_target',))
 def test_train_step_compiles_with_xla(method):

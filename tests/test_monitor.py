@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from minc_tf import monitor
-from test_model import batches, compile_model, dataset, tiny_model
+from helpers import batches, compile_model, dataset, tiny_model
+from helpers import read_events, session_hparams
 
 
 def read_tags(directory):
@@ -68,21 +69,6 @@ def test_curves_file_holds_the_run_and_survives_a_resume(tmp_path):
   assert all(1.0 <= r <= v1.shape[0] for r in ranks)
 
 
-def read_events(directory):
-  """{run: {tag: [steps]}} and {run: {tag: [values]}} of every event file under `directory`,
-  through TensorBoard's own reader (runs as TensorBoard names them: paths under directory)."""
-  from tensorboard.backend.event_processing import event_multiplexer
-  mux = event_multiplexer.EventMultiplexer(size_guidance={'tensors': 0, 'scalars': 0})
-  mux.AddRunsFromDirectory(directory)
-  mux.Reload()
-  steps, events = {}, {}
-  for run, tags in mux.Runs().items():
-    for tag in tags['tensors']:
-      events.setdefault(run, {})[tag] = mux.Tensors(run, tag)
-      steps.setdefault(run, {})[tag] = [e.step for e in mux.Tensors(run, tag)]
-  return steps, events, mux
-
-
 # Seven steps per call (the TPU host loop): callbacks see steps 7, 14, 21, 28 only, and the
 # cadences (10 for TensorBoard and checkpoints, 9 for the feature rank) divide none of them. (A
 # case of one step per call, an epoch of 3 steps at a cadence of 2, is the same code at its
@@ -103,7 +89,7 @@ def test_every_summary_reaches_the_event_files_at_its_step(tmp_path, steps_per_e
   import tensorflow_datasets as tfds
   from minc_tf import config
   from minc_tf import train
-  from test_main import TINY_IMAGENET
+  from helpers import TINY_IMAGENET
   case = CADENCES[steps_per_execution]
   config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + case['bindings'] + [
       'run.epochs = 2', 'run.keep_checkpoints = 10', 'run.offline_linear_eval = False', 'run.baselines = False',
@@ -148,14 +134,3 @@ def test_every_summary_reaches_the_event_files_at_its_step(tmp_path, steps_per_e
   np.testing.assert_allclose(probe, results['probe_top1'], rtol=1e-6)
 
 
-def session_hparams(mux, run):
-  """The HParams session start info of `run`, as {name: python value}."""
-  from tensorboard.plugins.hparams import metadata
-  content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)[run][
-      metadata.SESSION_START_INFO_TAG]
-  info = metadata.parse_session_start_info_plugin_data(content)
-  out = {}
-  for name, value in info.hparams.items():
-    kind = value.WhichOneof('kind')
-    out[name] = getattr(value, kind)
-  return out

@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pins'))
 import pin_cases  # noqa: E402

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 
 from minc_tf import strategy as strategy_lib
 from minc_tf.errors import UserError
+from helpers import free_ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,16 +32,6 @@ def test_tpu_without_name_and_unknown_strategy_are_clear_errors():
     strategy_lib.get_strategy('tpu')
   with pytest.raises(UserError, match='Unknown --strategy'):
     strategy_lib.get_strategy('horovod')
-
-
-def free_ports(n):
-  socks = [socket.socket() for _ in range(n)]
-  for s in socks:
-    s.bind(('localhost', 0))
-  ports = [s.getsockname()[1] for s in socks]
-  for s in socks:
-    s.close()
-  return ports
 
 
 def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path):

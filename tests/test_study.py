@@ -3,12 +3,14 @@
 import os
 import types
 
+import gin
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import config
 from minc_tf import study
 from minc_tf import tables
-from test_model import batches, compile_model, tiny_model
+from helpers import batches, compile_model, tiny_model
 
 
 def _repeat(data):
@@ -89,8 +91,8 @@ def test_study_runs_compare_in_the_hparams_dashboard(tmp_path):
   import tensorflow_datasets as tfds
   from tensorboard.plugins.hparams import metadata
   from minc_tf import config
-  from test_main import TINY_IMAGENET
-  from test_monitor import read_events, session_hparams
+  from helpers import TINY_IMAGENET
+  from helpers import read_events, session_hparams
   config.parse_gin([], [
       'run_study.base_gin_files = ("gin/minc.gin",)',
       'run_study.common_bindings = %r' % (tuple(
@@ -278,3 +280,34 @@ def test_methods_study_screens_learning_rates_then_runs_finals_with_the_test_spl
   assert run[('A (lr 0.002, final)', 0)] == run[('A lr=0.002', 0)]
   assert run[('A (lr 0.002, final)', 1)] != run[('A lr=0.002', 0)]
   assert len(list((tmp_path / run[('A lr=0.002', 0)]).glob('study_run_*.json'))) == 2
+
+
+def _run_name(bindings, seed=0, model_dir=None):
+  gin.clear_config()
+  config.parse_gin(['gin/quickstart.gin'], bindings)
+  return study.run_name(study._run_configuration(), seed, model_dir)
+
+
+def test_a_run_dir_is_named_by_the_settings_that_define_the_run(tmp_path):
+  """The same table as the identity (schema.defines_run): evaluation and data-location
+  settings do not rename a run, defining ones do, and restating a default does not."""
+  base = _run_name([])
+  assert base.startswith('runs/') and base.endswith('/seed0')
+  for same in (['run.knn = False'], ['linear_probe.epochs = 3'], ['run.verbose = 0'],
+               ["load_data.idx_dir = '/elsewhere'"], ['run.report_test = True'],
+               ["build_model.summary_source = 'target'"]):  # the code default
+    assert _run_name(same) == base, same
+  for other in (['build_model.mu = 3.0'], ['run.global_batch_size = 64'],
+                ['build_optimizer.base_lr = 0.5'], ['view_transforms.flip_prob = 0.0']):
+    assert _run_name(other) != base, other
+  assert _run_name([], seed=1) == base.replace('seed0', 'seed1')
+
+
+def test_a_study_dir_made_before_the_rule_keeps_its_runs(tmp_path):
+  gin.clear_config()
+  config.parse_gin(['gin/quickstart.gin'], [])
+  configuration = study._run_configuration()
+  legacy = study.legacy_run_name(configuration, 0)
+  assert study.run_name(configuration, 0, str(tmp_path)) != legacy
+  os.makedirs(tmp_path / legacy)
+  assert study.run_name(configuration, 0, str(tmp_path)) == legacy

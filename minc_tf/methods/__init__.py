@@ -6,7 +6,7 @@
   methods.settings()           # {name: Setting} of every method's settings (build_model.<name>)
 """
 
-from minc_tf.methods import base
+from minc_tf.methods import base  # noqa: F401  (methods.base.Method, Setting)
 from minc_tf.methods import byol
 from minc_tf.methods import minc
 from minc_tf.methods import simclr

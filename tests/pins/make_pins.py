@@ -23,7 +23,6 @@ What is pinned (tests/test_pins.py says how each is compared):
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))

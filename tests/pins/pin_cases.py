@@ -218,6 +218,7 @@ def study_hashes():
   the grid, since which rate is final depends on the screen's results)."""
   import gin
   from minc_tf import config
+  from minc_tf import configurables  # noqa: F401  (registers every gin configurable)
   from minc_tf import study
   out = {}
   for path in STUDY_CONFIGS:
@@ -249,8 +250,8 @@ def study_hashes():
           gin.clear_config()
           config.parse_gin(base, full)
           configuration = study._run_configuration()
-          dirs[f'{label} seed={seed}'] = (
-              f'runs/{study._digest(study._trained(configuration))}/seed{seed}')
+          # Study dirs made before issue 24 keep these names (study.legacy_run_name).
+          dirs[f'{label} seed={seed}'] = study.legacy_run_name(configuration, seed)
     out[path] = dirs
   gin.clear_config()
   return out

@@ -1,0 +1,85 @@
+"""The process around a run: determinism, host memory, and where each worker writes.
+
+Only train.run (and main, for determinism before the strategy exists) call these.
+"""
+
+import math
+import os
+import tempfile
+
+import gin
+import tensorflow as tf
+
+from minc_tf.errors import UserError
+
+
+def set_up_determinism(deterministic, one_op_at_a_time=True):
+  """What run.deterministic needs from TensorFlow, some of it before its runtime starts.
+
+  Op determinism, and ONE inter-op thread (one_op_at_a_time): with several, independent ops of
+  the train step run concurrently, and seeded CPU runs on a loaded machine came out different
+  from step 2 on (measured; intra-op threads, the data pipeline and the order of gradients and
+  updates were ruled out, docs/reproducibility.md). TensorFlow fixes the inter-op pool when its
+  runtime starts, so main calls this before it builds the strategy; run() calls it again.
+  Multi-replica strategies keep their inter-op pool (their collectives run side by side), so
+  for them only op determinism is set.
+  """
+  if not deterministic:
+    return
+  tf.config.experimental.enable_op_determinism()
+  if not one_op_at_a_time:
+    return
+  try:
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+  except RuntimeError:  # the runtime has started: only the environment could have set it.
+    if os.environ.get('TF_NUM_INTEROP_THREADS') != '1':
+      raise UserError('run.deterministic=True needs TensorFlow to run one op at a time, which '
+                      'is fixed when its runtime starts, and it has started already (run.'
+                      'deterministic set outside the top-level gin config, or train.run called '
+                      'from your own program). Fix: set TF_NUM_INTEROP_THREADS=1 in the '
+                      'environment before launching.') from None
+
+
+def deterministic_from_gin():
+  """run.deterministic as bound in the parsed gin config (False when unbound)."""
+  try:
+    return bool(gin.query_parameter('run.deterministic'))
+  except ValueError:
+    return False
+
+
+def check_host_memory(model, strategy, global_batch_size):
+  """Stops a batch whose activations cannot fit in this host's memory before it is allocated
+  (TensorFlow on CPU dies of it with a segfault, not an error). A lower bound: the float32
+  outputs of every encoder and projector layer, kept for the backward pass, for both views of
+  the host's share of the batch; accelerators report their own out-of-memory errors."""
+  try:
+    devices = strategy.extended.worker_devices
+  except RuntimeError:  # the default strategy: one device, an accelerator when there is one
+    accelerators = tf.config.list_logical_devices('GPU') + tf.config.list_logical_devices('TPU')
+    devices = [accelerators[0].name if accelerators else 'CPU:0']
+  if not all('CPU' in d.upper() for d in devices):
+    return
+  try:
+    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):  # not a POSIX host: no estimate
+    return
+  per_example = sum(math.prod(d or 1 for d in layer.output.shape[1:])
+                    for net in (model.encoder, model.projector) for layer in net.layers)
+  host_batch = global_batch_size * len(devices) // strategy.num_replicas_in_sync
+  need = 4 * per_example * 2 * host_batch
+  if need > ram:
+    raise UserError(f'run.global_batch_size = {global_batch_size} needs at least '
+                    f'{need / 2 ** 30:.0f} GiB for its activations on this host, which has '
+                    f'{ram / 2 ** 30:.0f} GiB of memory. Fix: lower run.global_batch_size to at '
+                    f'most {max(int(global_batch_size * ram / need), 1)}, or use a smaller '
+                    'encoder.')
+
+
+def worker_dir(strategy, model_dir):
+  """model_dir for the chief (and every single-client strategy); a private temporary directory
+  for the other workers of a multi-worker run."""
+  if strategy.extended.should_checkpoint:
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return tempfile.mkdtemp(prefix=f'minc_tf_{resolver.task_type}{resolver.task_id}_')

@@ -1,0 +1,342 @@
+"""Where examples come from: in-memory arrays, image files, or a TFDS builder.
+
+A source yields a split's raw examples, (uint8 image or encoded bytes, label), for one input
+pipeline (its shard under tf.distribute's InputContext), and one epoch of them in an order that
+is a stateless function of a key: all a pipeline in data.py needs to make reproducible,
+resumable views. The readers that build sources (IDX files, image folders) live here too.
+"""
+
+import gzip
+import os
+import shutil
+import zlib
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from minc_tf.errors import UserError
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+_FMNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+                 'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+# The held-out validation split is the same for every run and seed (load_data.validation_examples).
+VALIDATION_SEED = 20250422
+
+
+def read_idx(path):
+  """Reads one (optionally gzipped) IDX file into a NumPy array."""
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rb') as f:
+      data = f.read()
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise UserError(f'{path} is damaged ({type(e).__name__}: {e}): a truncated or corrupt gzip '
+                    'file. Fix: re-download it, or re-install it (apt-get install --reinstall '
+                    'dataset-fashion-mnist).') from None
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+    raise UserError(f'{path} is not an IDX file of unsigned bytes (bad magic number); '
+                    're-install it (apt-get install --reinstall dataset-fashion-mnist).')
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+  array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if array.size != int(np.prod(shape)):
+    raise UserError(f'{path} is truncated: expected {int(np.prod(shape))} values, found '
+                    f'{array.size}; re-download or re-install it.')
+  return array.reshape(shape)
+
+
+def hold_out(arrays, count):
+  """arrays with `count` training examples moved to a 'validation' split: a permutation fixed
+  by VALIDATION_SEED, so every run, seed and method sees the same split."""
+  images, labels = arrays['train']
+  if count >= len(labels):
+    raise UserError(f'load_data.validation_examples={count} leaves no training images (the '
+                    f'training split has {len(labels)}). Fix: bind load_data.validation_examples to '
+                    'fewer (10000 of Fashion-MNIST\'s 60000).')
+  order = np.random.default_rng(VALIDATION_SEED).permutation(len(labels))
+  held, kept = np.sort(order[:count]), np.sort(order[count:])
+  return {**arrays, 'train': (images[kept], labels[kept]),
+          'validation': (images[held], labels[held])}
+
+
+def fashion_mnist_arrays(idx_dir, data_dir):
+  """{'train': (images [N,28,28,1] uint8, labels [N] int64), 'test': ...}.
+
+  idx_dir None: Debian's directory when it holds the files, else a TFDS download. An idx_dir
+  given explicitly must hold the four files: no download is tried in its place.
+  """
+  explicit = idx_dir is not None
+  idx_dir = idx_dir or FASHION_MNIST_DIR
+  paths = {s: [os.path.join(idx_dir, f) for f in files] for s, files in _FMNIST_FILES.items()}
+  missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
+  if not missing:
+    return {s: (read_idx(ps[0])[..., None], read_idx(ps[1]).astype(np.int64))
+            for s, ps in paths.items()}
+  if explicit:
+    present = sorted(os.listdir(idx_dir)) if os.path.isdir(idx_dir) else None
+    found = ('it does not exist' if present is None else
+             f'it holds {", ".join(present[:8]) or "nothing"}' + (' ...' if len(present) > 8 else ''))
+    raise UserError(
+        f'load_data.idx_dir={idx_dir!r} lacks {", ".join(os.path.basename(p) for p in missing)} '
+        f'({found}). Fix: put the four Fashion-MNIST files '
+        f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} there, or unbind '
+        'load_data.idx_dir to use Debian\'s package or a TFDS download.')
+  import tensorflow_datasets as tfds
+  where = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+  logging.warning('No Fashion-MNIST IDX files in %s; downloading fashion_mnist with TFDS into '
+                  '%s (needs the internet).', idx_dir, where)
+  folder = os.path.join(where, 'fashion_mnist')
+  existed = os.path.exists(folder)
+  try:
+    splits = tfds.load('fashion_mnist', split=['train', 'test'], batch_size=-1,
+                       as_supervised=True, data_dir=data_dir, download=True)
+    return {s: tuple(np.asarray(a) for a in tfds.as_numpy(d)) for s, d in
+            zip(('train', 'test'), splits)}
+  except Exception as e:  # network, permissions, partial downloads: all need the same fix.
+    if not existed and not where.startswith(('gs://', 's3://')):
+      shutil.rmtree(folder, ignore_errors=True)  # no half-built dataset left behind
+    raise UserError(
+        f'Fashion-MNIST not found: no IDX files in {idx_dir}, and the TFDS download of '
+        f"'fashion_mnist' into {where} failed ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). "
+        'Fix: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or put the four files '
+        f'{", ".join(f for fs in _FMNIST_FILES.values() for f in fs)} in a directory and bind '
+        "load_data.idx_dir='<dir>', or run where TFDS can download 'fashion_mnist'.") from None
+
+
+class Source:
+  """A split's raw examples for one input pipeline (see the module docstring).
+
+  encoded: examples are encoded image bytes (decoded by the pipeline), not uint8 arrays.
+  """
+
+  encoded = True
+
+  def examples(self, split, input_context=None, shuffle=False, seed=None):
+    """This input pipeline's share of `split`, (image or encoded bytes, label)."""
+    raise NotImplementedError
+
+  def epoch_size(self, split, input_context):
+    """Examples per epoch in this input pipeline (None: unknown)."""
+    raise NotImplementedError
+
+  def epochs(self, split, input_context, seed, window):
+    """epoch(key, start) -> (position, example) pairs of one epoch of this pipeline's examples
+    from `start` on, in an order that is a stateless function of `key`."""
+    raise NotImplementedError
+
+  def arrays(self, split):  # pylint: disable=unused-argument
+    """(images uint8, labels) of an in-memory source, else None."""
+    return None
+
+
+def streamed_epochs(source, window, moving_boundaries=True):
+  """epoch(key, start) over a dataset read in sequence: a permutation within runs of `window`
+  examples whose boundaries move from epoch to epoch (moving_boundaries; else one run from the
+  start, for a source that is in memory anyway)."""
+
+  def epoch(key, start):
+    block_key = tf.random.experimental.stateless_fold_in(key, -2)
+    # The first run is shorter by a random amount, so the runs' boundaries (and with them
+    # which examples can share a batch) differ from epoch to epoch.
+    first = (tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(key, -3), 1, window + 1, tf.int64)
+             if moving_boundaries else 0)
+    blocks = source.take(first).batch(window).concatenate(
+        source.skip(first).batch(window)).prefetch(1)
+
+    def permuted(w, block):
+      n = tf.shape(block[1], out_type=tf.int64)[0]
+      order = tf.random.experimental.index_shuffle(
+          tf.range(n), tf.random.experimental.stateless_fold_in(block_key, w), n - 1)
+      return tf.data.Dataset.from_tensor_slices(
+          tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+
+    return blocks.enumerate().flat_map(permuted).enumerate().skip(start)
+
+  return epoch
+
+
+class _Indexed(Source):
+  """{split: (images or paths, labels)} held in memory; shard = every n-th example."""
+
+  def __init__(self, splits, cache=False):
+    self._splits = splits
+    self._cache = cache
+
+  def _read(self, item):
+    return item
+
+  def shard(self, split, input_context):
+    images, labels = self._splits[split]
+    if input_context is not None and input_context.num_input_pipelines > 1:
+      step, first = input_context.num_input_pipelines, input_context.input_pipeline_id
+      images, labels = images[first::step], labels[first::step]
+    return images, labels
+
+  def epoch_size(self, split, input_context):
+    return len(self.shard(split, input_context)[1])
+
+  def examples(self, split, input_context=None, shuffle=False, seed=None):
+    """Shuffled whole (anew each iteration) when asked."""
+    images, labels = self.shard(split, input_context)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if self.encoded:
+      ds = ds.map(lambda path, label: (self._read(path), label),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+      if self._cache:  # before the shuffle, so every epoch is shuffled anew
+        ds = ds.cache()
+    return ds.shuffle(len(labels), seed=seed) if shuffle else ds
+
+  def epochs(self, split, input_context, seed, window):
+    """A permutation of the whole shard: indices shuffled, then read (a resume reads nothing
+    it skips); a cached folder's bytes are permuted whole instead."""
+    if self._cache and self.encoded:
+      size = self.epoch_size(split, input_context)
+      return streamed_epochs(self.examples(split, input_context), size,
+                             moving_boundaries=False)
+    images, labels = self.shard(split, input_context)
+    n = len(labels)
+    images, labels = tf.constant(images), tf.constant(labels)
+
+    def epoch(key, start):
+      order_key = tf.random.experimental.stateless_fold_in(key, -1)
+
+      def example(i):
+        j = tf.random.experimental.index_shuffle(i, order_key, n - 1)
+        return i, (self._read(tf.gather(images, j)), tf.gather(labels, j))
+
+      # deterministic: positions key the views, whatever run.seed makes of the rest.
+      return tf.data.Dataset.range(start, n).map(
+          example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return epoch
+
+
+class ArraySource(_Indexed):
+  """{split: (uint8 images [n, h, w, c], int64 labels [n])} in memory."""
+
+  encoded = False
+
+  def arrays(self, split):
+    return self._splits[split]
+
+
+class FolderSource(_Indexed):
+  """{split: (image file paths, labels)}: files read (and decoded by the pipeline) per use;
+  cache keeps their bytes in memory after the first pass."""
+
+  def _read(self, item):
+    return tf.io.read_file(item)
+
+
+class TfdsSource(Source):
+  """A prepared TFDS builder, read with JPEG bytes undecoded; each input pipeline reads only
+  its own files (tfds.ReadConfig(input_context))."""
+
+  def __init__(self, builder, cache=False):
+    self.builder = builder
+    self._cache = cache
+
+  def examples(self, split, input_context=None, shuffle=False, seed=None):
+    """shuffle: files in one order fixed by the seed (pretraining shuffles each epoch's
+    examples itself, streamed_epochs)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    # The files' order is the same every epoch, so that epoch e's stream is a function of
+    # (seed, e) alone.
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
+                                  shuffle_reshuffle_each_iteration=False,
+                                  try_autocache=False)
+    ds = self.builder.as_dataset(split=split, shuffle_files=shuffle,
+                                 read_config=read_config, as_supervised=True,
+                                 decoders={'image': tfds.decode.SkipDecoding()})
+    # Encoded bytes are cached (when they fit in memory), never decoded or augmented images.
+    return ds.cache() if self._cache else ds
+
+  def epoch_size(self, split, input_context):
+    """TFDS gives each pipeline every num_input_pipelines-th file of the split."""
+    try:
+      instructions = list(self.builder.info.splits[split].file_instructions)
+    except Exception:  # pylint: disable=broad-except  (mocked or unusual builders)
+      return None
+    if input_context is not None:
+      instructions = instructions[input_context.input_pipeline_id::
+                                  input_context.num_input_pipelines]
+    return sum(int(f.take) for f in instructions) or None
+
+  def epochs(self, split, input_context, seed, window):
+    return streamed_epochs(self.examples(split, input_context, shuffle=True, seed=seed), window)
+
+
+def imagenet_help(name, data_dir):
+  where = data_dir or os.path.expanduser('~/tensorflow_datasets')
+  manual = os.path.join(where, 'downloads', 'manual')
+  if name == 'imagenet2012':
+    return (f'The TFDS dataset imagenet2012 is not prepared in the data dir {where}. Fix: put '
+            f'the ILSVRC2012 tar files (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar) in '
+            f'{manual}, then run `tfds build imagenet2012 --data_dir={where}` (on Cloud TPU, '
+            'prepare once and point --gin_bindings="load_data.data_dir=\'gs://...\'" at it).')
+  return (f'The TFDS dataset {name} is not prepared in the data dir {where}. Fix: run '
+          f'`tfds build {name} --data_dir={where}` on a machine with the source files.')
+
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+
+
+def _scan_folder(root, on_corrupt):
+  """{class name: [valid image paths]} for root/<class>/<image>, checking every file decodes."""
+  classes = sorted(d for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
+  found, bad = {}, []
+  for cls in classes:
+    cls = cls.rstrip('/')
+    for fname in sorted(tf.io.gfile.listdir(os.path.join(root, cls))):
+      path = os.path.join(root, cls, fname)
+      if tf.io.gfile.isdir(path):
+        continue
+      try:
+        if not fname.lower().endswith(IMAGE_EXTENSIONS):
+          raise ValueError('not an image file extension')
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+      except (ValueError, tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
+        if on_corrupt == 'fail':
+          raise UserError(f'{path} is not a readable image ({e.__class__.__name__}). Fix: '
+                          'remove or replace the file, or bind '
+                          "load_data.on_corrupt='skip' to skip such files.") from None
+        bad.append(path)
+        continue
+      found.setdefault(cls, []).append(path)
+  if bad:
+    logging.warning('Skipped %d unreadable or non-image files under %s, e.g. %s', len(bad), root,
+                    bad[0])
+  return found, bad
+
+
+def folder_source(image_dir, on_corrupt, eval_every):
+  """{split: (paths, labels)}, class names. Uses image_dir/train and image_dir/validation (or
+  val / test) when present; else every `eval_every`-th image of each class is held out."""
+  if not image_dir or not tf.io.gfile.isdir(image_dir):
+    raise UserError(f'The image folder {image_dir!r} does not exist. Fix: bind '
+                    "load_data.image_dir='<dir>' to a folder with one sub-folder of images per "
+                    'class.')
+  subdirs = set(d.rstrip('/') for d in tf.io.gfile.listdir(image_dir))
+  eval_name = next((d for d in ('validation', 'val', 'test') if d in subdirs), None)
+  if 'train' in subdirs and eval_name:
+    per_split = {'train': _scan_folder(os.path.join(image_dir, 'train'), on_corrupt)[0],
+                 'validation': _scan_folder(os.path.join(image_dir, eval_name), on_corrupt)[0]}
+  else:
+    found = _scan_folder(image_dir, on_corrupt)[0]
+    per_split = {'train': {c: [p for i, p in enumerate(ps) if i % eval_every] for c, ps in found.items()},
+                 'validation': {c: ps[::eval_every] for c, ps in found.items()}}
+  classes = sorted(set(per_split['train']) | set(per_split['validation']))
+  if not per_split['train']:
+    raise UserError(f'No images found in {image_dir}: expected {image_dir}/<class>/<image> '
+                    f'with extensions {", ".join(IMAGE_EXTENSIONS)}. Fix: point '
+                    'load_data.image_dir at such a folder.')
+  files = {}
+  for split, per_class in per_split.items():
+    pairs = [(p, classes.index(c)) for c in sorted(per_class) for p in per_class[c]]
+    files[split] = (np.array([p for p, _ in pairs], dtype=object).astype(str),
+                    np.array([l for _, l in pairs], np.int64))
+  return files, classes

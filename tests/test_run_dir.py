@@ -1,0 +1,86 @@
+"""run_dir.py: the identity record tolerates growth, damaged JSON is set aside, not lost."""
+
+import json
+import os
+
+import pytest
+
+from minc_tf import configurables  # noqa: F401  (defaults come from the registered signatures)
+from minc_tf import run_dir
+from minc_tf import schema
+from minc_tf.errors import UserError
+
+NOW = {'build_model.method': 'minc', 'build_model.mu': 1.0, 'build_model.summary_decay': 0.99,
+       'build_encoder.depth': 18, 'run.global_batch_size': 32}
+
+
+def _trained_dir(tmp_path, recorded):
+  (tmp_path / 'results.json').write_text('{"final_step": 4}')
+  (tmp_path / run_dir.IDENTITY).write_text(json.dumps({'settings': recorded, 'history': []}))
+  return str(tmp_path)
+
+
+def test_a_record_written_before_a_setting_existed_still_resumes(tmp_path):
+  """The record predates summary_decay (missing from it); today's value is the code default,
+  so the run is the same run."""
+  assert run_dir.default_value('build_model.summary_decay') == 0.99
+  old = {k: v for k, v in NOW.items() if k != 'build_model.summary_decay'}
+  assert run_dir.check_identity(_trained_dir(tmp_path, old), 'train', False, NOW) is False
+
+
+def test_a_setting_missing_from_the_record_at_another_value_is_a_change(tmp_path):
+  old = {k: v for k, v in NOW.items() if k != 'build_model.summary_decay'}
+  now = dict(NOW, **{'build_model.summary_decay': 0.5})
+  with pytest.raises(UserError, match=r"build_model.summary_decay: '\(unset\)' -> 0.5"):
+    run_dir.check_identity(_trained_dir(tmp_path, old), 'train', False, now)
+
+
+def test_a_changed_recorded_setting_is_refused_and_nothing_is_written(tmp_path):
+  path = _trained_dir(tmp_path, NOW)
+  before = sorted(os.listdir(path)), (tmp_path / run_dir.IDENTITY).read_bytes()
+  with pytest.raises(UserError, match=r'build_model.mu: 1.0 -> 10.0.*--allow_config_change'):
+    run_dir.check_identity(path, 'train', False, dict(NOW, **{'build_model.mu': 10.0}))
+  assert (sorted(os.listdir(path)), (tmp_path / run_dir.IDENTITY).read_bytes()) == before
+  # Allowed: training re-records it.
+  assert run_dir.check_identity(path, 'train', True, dict(NOW, **{'build_model.mu': 10.0}))
+
+
+def test_evaluation_compares_only_what_shapes_the_variables(tmp_path):
+  path = _trained_dir(tmp_path, NOW)
+  assert run_dir.check_identity(path, 'eval', False, dict(NOW, **{'build_model.mu': 10.0})) \
+      is False
+  with pytest.raises(UserError, match='build_model.method'):
+    run_dir.check_identity(path, 'eval', False, dict(NOW, **{'build_model.method': 'byol'}))
+
+
+def test_a_setting_without_a_default_counts_when_missing():
+  assert run_dir.identity_changes({}, {'run.no_such_setting': 1}) == [
+      "run.no_such_setting: '(unset)' -> 1"]
+
+
+def test_damaged_json_is_set_aside_by_the_chief_only(tmp_path):
+  path = tmp_path / 'results.json'
+  path.write_text('{"final_step": 4')  # truncated
+  assert run_dir.read_results(str(tmp_path), chief=False) == {}
+  assert path.exists()
+  assert run_dir.read_results(str(tmp_path), chief=True) == {}
+  aside = [n for n in os.listdir(tmp_path) if n.startswith('results.json.damaged-')]
+  assert not path.exists() and len(aside) == 1
+  assert (tmp_path / aside[0]).read_text() == '{"final_step": 4'
+  path.write_text('[1, 2]')  # JSON, but not an object
+  assert run_dir.read_json(str(path)) is None
+
+
+def test_the_identity_keeps_its_history(tmp_path):
+  run_dir.write_identity(str(tmp_path), {'a': 1})
+  run_dir.write_identity(str(tmp_path), {'a': 2})
+  record = json.loads((tmp_path / run_dir.IDENTITY).read_text())
+  assert record == {'settings': {'a': 2}, 'history': [{'a': 1}]}
+
+
+@pytest.mark.parametrize('key, defining', [
+    ('build_model.mu', True), ('run.global_batch_size', True), ('run.seed', True),
+    ('load_data.name', True), ('load_data.data_dir', False), ('run.knn', False),
+    ('run.verbose', False), ('linear_probe.epochs', False), ('run.report_test', False)])
+def test_one_table_says_what_defines_a_run(key, defining):
+  assert schema.defines_run(key) is defining
