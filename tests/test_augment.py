@@ -105,8 +105,13 @@ def test_jitter_probability(path):
 def test_one_channel_views_run_every_op():
   crop, v1, v2 = augment.view_transforms(
       16, jitter_prob=1.0, grayscale_prob=1.0, blur_prob=(1.0, 1.0), solarize_prob=(1.0, 1.0))
-  out = v1(crop(tf.random.uniform((20, 20, 1)), rng()), rng(1))
+  cropped = crop(tf.random.uniform((20, 20, 1)), rng())
+  out = v1(cropped, rng(1)).numpy()
   assert out.shape == (16, 16, 1)
+  # Solarize (last, always on) leaves no value above 1/2; the ops before it changed the image.
+  assert out.max() <= 0.5 + 1e-6 and cropped.numpy().max() > 0.6
+  solarized_only = np.where(cropped.numpy() < 0.5, cropped.numpy(), 1.0 - cropped.numpy())
+  assert np.abs(out - solarized_only).max() > 1e-2
 
 
 def test_center_crop_takes_the_middle():

@@ -31,9 +31,16 @@ def test_serve_takes_uint8_and_normalises(tmp_path):
 
 def test_export_replaces_the_directory_atomically(tmp_path):
   target = str(tmp_path / 'export')
-  export.export_encoder(tiny_encoder(), (0.5,) * 3, (0.5,) * 3, target)
-  first = os.path.getmtime(os.path.join(target, 'saved_model.pb'))
-  export.export_encoder(tiny_encoder(), (0.5,) * 3, (0.5,) * 3, target)
-  assert os.path.getmtime(os.path.join(target, 'saved_model.pb')) >= first
+  first, second = tiny_encoder(), tiny_encoder()
+  for w in second.weights:  # another encoder: the export must serve its outputs
+    w.assign(w + 0.5)
+  images = np.random.default_rng(1).integers(0, 256, size=(3, 8, 8, 3)).astype(np.uint8)
+  export.export_encoder(first, (0.5,) * 3, (0.5,) * 3, target)
+  export.export_encoder(second, (0.5,) * 3, (0.5,) * 3, target)
+  loaded = tf.saved_model.load(target)  # held: its variables die with it
+  served = loaded.serve(tf.constant(images)).numpy()
+  want = second((images / 255.0 - 0.5) / 0.5).numpy()
+  np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-6)
+  assert np.abs(want - first((images / 255.0 - 0.5) / 0.5).numpy()).max() > 1e-3
   assert sorted(os.listdir(tmp_path)) == ['export']  # no .tmp or .old left behind
   assert os.path.exists(os.path.join(target, 'encoder.keras'))

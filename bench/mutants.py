@@ -1,0 +1,109 @@
+"""A mutation pass over the wiring: plants one bug at a time, runs the tests that guard it, and
+prints which were caught.
+
+  python bench/mutants.py                 (from the repository root; about 10 minutes)
+  python bench/mutants.py --only 3 7      (some mutants, by number)
+
+Each mutant is a one-line change (file, text, replacement) of a setting that stops reaching
+the maths, or a value passed wrongly; the source is restored after each, also on Ctrl-C. A
+mutant is killed when the guarding tests fail. Prints one line per mutant and the score.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = ['tests/test_wiring.py', 'tests/test_methods.py', 'tests/test_model.py']
+
+MUTANTS = [  # (what it breaks, file, text, replacement)
+    ("the probe's stop_gradient removed (labels train the encoder)", 'minc_tf/model.py',
+     'self.probe(tf.stop_gradient(h))', 'self.probe(h)'),
+    ('target outputs taken from the online network', 'minc_tf/model.py',
+     '    if self.target_encoder is None:\n      return tf.stop_gradient(z)',
+     '    if True:\n      return tf.stop_gradient(z)'),
+    ("MINC's loss not divided by mu", 'minc_tf/methods/minc.py',
+     'return loss / scale, {', 'return loss, {'),
+    ("SimCLR's temperature not passed", 'minc_tf/methods/simclr.py',
+     'temperature=self.temperature', 'temperature=0.1'),
+    ("MINC's lower_triangular not passed", 'minc_tf/methods/minc.py',
+     'lower_triangular=self.lower_triangular', 'lower_triangular=False'),
+    ("MINC's summary_source ignored", 'minc_tf/methods/minc.py',
+     "src = t if self.summary_source == 'target' else", 'src = t if True else'),
+    ("MINC's summary_centered not passed", 'minc_tf/methods/minc.py',
+     'centered=self.summary_centered', 'centered=False'),
+    ("MINC's summary_decay ignored", 'minc_tf/methods/minc.py',
+     '    decay = self.summary_decay\n', '    decay = 0.0\n'),
+    ("the summary's bias correction dropped", 'minc_tf/methods/minc.py',
+     '  return summary / (1.0 - decay ** steps)', '  return summary'),
+    ('the summary never updated', 'minc_tf/methods/minc.py',
+     '    self.summary.assign(decay * self.summary + (1.0 - decay) * batch_moment)\n', ''),
+    ("Spectral's mu not passed", 'minc_tf/methods/spectral.py', 'mu=self.mu', 'mu=1.0'),
+    ('the predictor skipped', 'minc_tf/model.py',
+     'q = self.predictor(z, training=training) if self.predictor is not None else z', 'q = z'),
+    ('a bound method setting replaced by its default', 'minc_tf/model.py',
+     'own = {name: settings.get(name, declared[name].default) for name in cls.SETTINGS}',
+     'own = {name: declared[name].default for name in cls.SETTINGS}'),
+    ('byol_preset ignored', 'minc_tf/model.py',
+     '    tau_base = optim.preset(byol_preset)[2]', '    pass'),
+    ('the target EMA update skipped', 'minc_tf/model.py',
+     '      t.assign(tau * t + (1.0 - tau) * tf.cast(o, t.dtype))', '      pass'),
+    ("the target's BatchNorm in inference mode", 'minc_tf/model.py',
+     'self.target_projector(self.target_encoder(x, training=True), training=True)',
+     'self.target_projector(self.target_encoder(x, training=False), training=False)'),
+    ("view 2 made with view 1's transform (host)", 'minc_tf/data.py',
+     'view2(crops[1], rng)', 'view1(crops[1], rng)'),
+    ("view 2 made with view 1's transform (device)", 'minc_tf/augment.py',
+     'enumerate(((view1, x1), (view2, x2)))', 'enumerate(((view1, x1), (view1, x2)))'),
+    ('evaluation features in training mode', 'minc_tf/evaluate.py',
+     'lambda x, y, m: (encoder(x, training=False), y, m)',
+     'lambda x, y, m: (encoder(x, training=True), y, m)'),
+    ('the gradient not divided by the replicas', 'minc_tf/model.py',
+     'scaled = self.optimizer.scale_loss(total / replicas)',
+     'scaled = self.optimizer.scale_loss(total)'),
+    ("the method's loss terms not logged", 'minc_tf/model.py',
+     '      self.term_trackers[name].update_state(value)', '      pass'),
+]
+
+
+def run(index, what, path, text, replacement, tests):
+  full = os.path.join(REPO, path)
+  with open(full) as f:
+    source = f.read()
+  if source.count(text) != 1:
+    return 'stale', f'the text to mutate occurs {source.count(text)} times in {path}'
+  try:
+    with open(full, 'w') as f:
+      f.write(source.replace(text, replacement))
+    start = time.time()
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+                           *tests], cwd=REPO, capture_output=True, text=True)
+    failed = [line.split(' ')[1] for line in proc.stdout.splitlines()
+              if line.startswith('FAILED ')]
+    verdict = 'killed' if proc.returncode else 'SURVIVED'
+    return verdict, (f'{time.time() - start:.0f} s' +
+                     (f', by {failed[0]}' if failed else ''))
+  finally:
+    with open(full, 'w') as f:
+      f.write(source)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', type=int, nargs='*', help='mutant numbers (1-based)')
+  parser.add_argument('--tests', nargs='*', default=TESTS)
+  args = parser.parse_args()
+  chosen = [(i, m) for i, m in enumerate(MUTANTS, 1) if not args.only or i in args.only]
+  killed = 0
+  for i, (what, path, text, replacement) in chosen:
+    verdict, detail = run(i, what, path, text, replacement, args.tests)
+    killed += verdict == 'killed'
+    print(f'{i:2d} {verdict:8s} {what} ({path}; {detail})', flush=True)
+  print(f'score: {killed} of {len(chosen)} mutants killed')
+  return 0 if killed == len(chosen) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
