@@ -18,7 +18,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ['tests/test_wiring.py', 'tests/test_methods.py', 'tests/test_model.py']
 
-MUTANTS = [  # (what it breaks, file, text, replacement)
+MUTANTS = [  # (what it breaks, file, text, replacement[, the tests that guard it: TESTS])
     ("the probe's stop_gradient removed (labels train the encoder)", 'minc_tf/model.py',
      'self.probe(tf.stop_gradient(h))', 'self.probe(h)'),
     ('target outputs taken from the online network', 'minc_tf/model.py',
@@ -65,6 +65,28 @@ MUTANTS = [  # (what it breaks, file, text, replacement)
      'scaled = self.optimizer.scale_loss(total)'),
     ("the method's loss terms not logged", 'minc_tf/model.py',
      '      self.term_trackers[name].update_state(value)', '      pass'),
+    # The model dir and its record (issue 28's faults), each with the tests that guard it.
+    ('no lock taken by a training', 'minc_tf/train.py',
+     '  lock = (run_dir.Lock(model_dir).acquire()', '  lock = (None',
+     ['tests/test_errors.py::test_a_second_training_of_the_same_dir_stops_while_the_first_runs']),
+    ('a foreign directory trained into', 'minc_tf/run_dir.py',
+     '  if names and not ours:', '  if False:',
+     ['tests/test_run_dir.py', 'tests/test_errors.py::'
+      'test_a_directory_of_other_files_is_never_trained_into']),
+    ("blown-up weights checkpointed (the guard's norm check off)", 'minc_tf/checkpoint.py',
+     '    if not np.isfinite(norm) or (self._max_growth', '    if False and (self._max_growth',
+     ['tests/test_errors.py::test_blown_up_weights_are_never_checkpointed_and_the_fix_works']),
+    ('results.json written only after the export', 'minc_tf/train.py',
+     '      _write_results(job, results)\n      if fit.guard.preempted:\n        return results',
+     '      if fit.guard.preempted:\n        _write_results(job, results)\n        return results',
+     ['tests/test_errors.py::test_a_run_finished_after_a_crash_in_export_reports_its_training']),
+    ('a one-class evaluation let through', 'minc_tf/train.py',
+     "  if mode in ('eval', 'train_and_eval') and data.num_classes < 2:",
+     '  if False:', ['tests/test_errors.py::test_a_one_class_folder_is_not_evaluated']),
+    ('IDX files whose counts disagree let through', 'minc_tf/sources.py',
+     '      if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):',
+     '      if False:',
+     ['tests/test_errors.py::test_idx_files_whose_counts_disagree_stop_before_pretraining']),
 ]
 
 
@@ -97,8 +119,8 @@ def main():
   args = parser.parse_args()
   chosen = [(i, m) for i, m in enumerate(MUTANTS, 1) if not args.only or i in args.only]
   killed = 0
-  for i, (what, path, text, replacement) in chosen:
-    verdict, detail = run(i, what, path, text, replacement, args.tests)
+  for i, (what, path, text, replacement, *tests) in chosen:
+    verdict, detail = run(i, what, path, text, replacement, tests[0] if tests else args.tests)
     killed += verdict == 'killed'
     print(f'{i:2d} {verdict:8s} {what} ({path}; {detail})', flush=True)
   print(f'score: {killed} of {len(chosen)} mutants killed')

@@ -310,9 +310,13 @@ class TrainingGuard(keras.callbacks.Callback):
   stop (ClusterSignal); `every_secs` must then be None (each worker has its own clock).
   """
 
-  def __init__(self, checkpointer, every_steps=1000, every_secs=None, strategy=None):
+  def __init__(self, checkpointer, every_steps=1000, every_secs=None, strategy=None,
+               max_weight_growth=1e4):
     super().__init__()
     self._ckpt = checkpointer
+    self._max_growth = max_weight_growth
+    self._norm0 = None
+    self.divergence = None  # what diverged: the loss, or the weights' norm
     self._every = max(int(every_steps), 1) if every_steps else None
     self._every_secs = every_secs
     self._last_saved = None
@@ -359,12 +363,29 @@ class TrainingGuard(keras.callbacks.Callback):
       raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the step
     self._signal = signum
 
-  def _save(self):
+  def _weight_norm(self):
+    variables = getattr(self.model, 'online_variables', None) or self.model.trainable_weights
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(v.numpy(), np.float64)))
+                             for v in variables)))
+
+  def _save(self, step):
+    """Saves, unless the weights have blown up (then it stops training, as for a NaN)."""
+    norm = self._weight_norm()
+    if not np.isfinite(norm) or (self._max_growth and self._norm0 and
+                                 norm > self._max_growth * self._norm0):
+      self.diverged_at = step
+      self.divergence = (f'the weights blew up (their norm is {norm:.3g}, '
+                         f'{norm / self._norm0:.3g} times its {self._norm0:.3g} at the start)'
+                         if np.isfinite(norm) else 'the weights became NaN or infinite')
+      self.model.stop_training = True
+      return
     self._ckpt.save()
     self._last_saved = self._ckpt.step
     self._last_saved_time = time.time()
 
   def on_train_begin(self, logs=None):
+    if self._norm0 is None:  # the first fit() of a run (a resumed run: its restored weights)
+      self._norm0 = self._weight_norm()
     self._last_saved = self._ckpt.step
     self._last_saved_time = time.time()
     self._install()
@@ -381,24 +402,27 @@ class TrainingGuard(keras.callbacks.Callback):
     watched = [logs[k] for k in ('loss', 'probe_loss') if logs.get(k) is not None]
     if not all(np.isfinite(np.asarray(v, np.float64)).all() for v in watched):
       self.diverged_at = step
+      self.divergence = 'the loss became NaN or infinite'
       self.model.stop_training = True
       return
     signum = self._signal
     if self._cluster is not None:  # every worker learns of a signal to any one of them
       signum = self._cluster.agree(self._signal)
     if signum is not None:
-      self._save()
+      self._save(step)
+      if self.diverged_at is not None:
+        return
       self.preempted = signal.Signals(signum).name + (
           '' if self._signal == signum else ' on another worker')
       self.model.stop_training = True
       return
     if ((self._every and step - self._last_saved >= self._every) or
         (self._every_secs and time.time() - self._last_saved_time >= self._every_secs)):
-      self._save()
+      self._save(step)
 
   def on_epoch_end(self, epoch, logs=None):
     if self.diverged_at is None and not self.preempted and self._ckpt.step != self._last_saved:
-      self._save()
+      self._save(self._ckpt.step)
 
   def on_train_end(self, logs=None):
     if not self._held:

@@ -26,6 +26,9 @@ flags.DEFINE_enum('mode', 'train_and_eval',
                   ['train', 'eval', 'export', 'train_and_eval', 'study'],
                   'What to do with the model dir (study: run_study, e.g. gin/study_ablation.gin).')
 flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
+flags.DEFINE_bool('reuse_model_dir', False,
+                  'Train in an existing --model_dir that holds files but no minc_tf run (refused '
+                  'otherwise: the run would write over them).')
 flags.DEFINE_bool('allow_config_change', False,
                   'Continue a model dir whose recorded defining settings (run_identity.json) '
                   'differ from this configuration (e.g. a lower learning rate after a NaN).')
@@ -61,11 +64,13 @@ def main(argv):
       from minc_tf import study
       rows = study.run_study(FLAGS.model_dir, strategy,
                              allow_config_change=FLAGS.allow_config_change,
+                             reuse_model_dir=FLAGS.reuse_model_dir,
                              command_line=(FLAGS.gin_file, FLAGS.gin_bindings))
       results = {r['variant']: r.get('probe_top1') for r in rows}
     else:
       results = train.run(FLAGS.mode, FLAGS.model_dir, strategy,
-                          allow_config_change=FLAGS.allow_config_change)
+                          allow_config_change=FLAGS.allow_config_change,
+                          reuse_model_dir=FLAGS.reuse_model_dir)
   except KeyboardInterrupt:
     # Ctrl-C outside training (training saves and returns), or a second one during a step.
     print('\nminc_tf: interrupted. Checkpoints already written are kept; rerun the same command '
@@ -77,12 +82,45 @@ def main(argv):
     message = str(e).split('\n  In call to configurable')[0]  # gin's note adds nothing here
     print(f'\nminc_tf error: {message}', file=sys.stderr)
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except  (only a full disk is handled here)
+    if FLAGS.verbose or not _disk_full(e):
+      raise
+    print(f'\nminc_tf error: the disk of --model_dir={FLAGS.model_dir} is full '
+          f'({type(e).__name__}: {str(e).splitlines()[0][:200]}). Every checkpoint already '
+          'written is complete (they are written atomically), so the run resumes from the '
+          'newest. Fix: free space (or move the dir to a larger disk), then rerun the same '
+          'command.', file=sys.stderr)
+    sys.exit(2)
   logging.info('results: %s', results)
   print('\nResults:', ', '.join(f'{k}={v}' for k, v in results.items()))
 
 
+def _disk_full(error):
+  """Whether `error` (an OSError, or TensorFlow's error of a file write) means no space."""
+  import errno  # pylint: disable=g-import-not-at-top
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if 'No space left on device' in str(error) or 'Disk quota exceeded' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with errors as every other user error: a message and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f'\nminc_tf error: {e}. Fix: correct the flag; `python -m minc_tf.main --help` '
+          'lists them.', file=sys.stderr)
+    sys.exit(2)
+
+
 def run_main():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

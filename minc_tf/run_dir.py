@@ -11,6 +11,8 @@ never deleted) with a warning and treated as absent. Every write is atomic (file
 
 import json
 import os
+import socket
+import threading
 import time
 import uuid
 
@@ -63,6 +65,128 @@ def check_writable(model_dir):
   except (OSError, tf.errors.OpError) as e:
     raise UserError(f'The model dir {model_dir} is not writable ({e.__class__.__name__}). Fix: '
                     'pass --model_dir=<a directory you can write>.') from None
+
+
+# --- claim and lock -------------------------------------------------------------------------
+
+# What a model dir of ours holds (any one of them makes it ours): a run's record and files, or a
+# study's run directories.
+RECORD = (IDENTITY, RESULTS, CHECKPOINT, 'checkpoints', 'config.gin', 'operative_config.gin',
+          'export', 'tensorboard', 'curves.json', 'training.png', 'runs')
+LOCK = '.minc_tf.lock'
+
+
+def claim(model_dir, reuse=False):
+  """Refuses a model dir that is unset, or an existing directory with files but no run record
+  in it (someone's other data, which a run would overwrite), unless reuse (the user said "yes,
+  this one": main's --reuse_model_dir)."""
+  if not model_dir or not str(model_dir).strip():
+    raise UserError('--model_dir is empty (an unset variable?). Fix: pass --model_dir=<a new '
+                    'directory for this run, or the directory of the run to resume>.')
+  if reuse or not tf.io.gfile.isdir(model_dir):
+    return
+  names = [n.rstrip('/') for n in tf.io.gfile.listdir(model_dir)]
+  names = [n for n in names if not n.startswith('.')]
+  ours = [n for n in names if n in RECORD or n.startswith('events.out.tfevents')]  # a study's
+  if names and not ours:
+    shown = ', '.join(sorted(names)[:5]) + (' ...' if len(names) > 5 else '')
+    raise UserError(f'{model_dir} already holds files that are not a minc_tf run ({shown}); a '
+                    'run would write its config, results and plots over them. Nothing was '
+                    'changed. Fix: pass a new --model_dir, or --reuse_model_dir to use this '
+                    'directory anyway.')
+
+
+class Lock:
+  """<model_dir>/.minc_tf.lock while a training runs in model_dir: its holder's host, pid and a
+  heartbeat (rewritten every `heartbeat_s`). A second training of the dir stops with a
+  UserError naming the holder. A lock is stale, and taken over with a warning, when its pid is
+  gone on this host, or its heartbeat is older than `stale_s` (another host's holder cannot be
+  asked). Creation is atomic on local disks (O_EXCL); on object stores (gs://), which have no
+  such primitive here, it is written and read back (the last writer wins a race of seconds).
+  """
+
+  def __init__(self, model_dir, heartbeat_s=60.0, stale_s=600.0):
+    self.path = os.path.join(model_dir, LOCK)
+    self._heartbeat_s, self._stale_s = heartbeat_s, stale_s
+    self._token = uuid.uuid4().hex
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _record(self):
+    return json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'token': self._token,
+                       'heartbeat': time.time()})
+
+  def _stale(self, held):
+    if held.get('host') == socket.gethostname():
+      try:
+        os.kill(int(held['pid']), 0)
+      except ProcessLookupError:
+        return 'its process is gone'
+      except (PermissionError, ValueError, KeyError, TypeError):
+        pass
+      else:
+        return None
+    age = time.time() - float(held.get('heartbeat', 0))
+    return f'its heartbeat is {age:.0f} s old' if age > self._stale_s else None
+
+  def acquire(self):
+    for _ in range(3):
+      if self._create():
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+      held = read_json(self.path)
+      if held is None:  # damaged, or released meanwhile
+        self._remove_if(None)
+        continue
+      why = self._stale(held)
+      if why is None:
+        raise UserError(
+            f'{os.path.dirname(self.path)} is being trained by another process (host '
+            f"{held.get('host')}, pid {held.get('pid')}, lock {self.path}); two trainings of "
+            'one dir would overwrite each other. Fix: wait for it to finish (or stop it), or '
+            'train in another --model_dir. If that process is gone, delete the lock file.')
+      logging.warning('Taking over the stale lock %s (host %s, pid %s): %s.', self.path,
+                      held.get('host'), held.get('pid'), why)
+      self._remove_if(held.get('token'))
+    raise UserError(f'Could not lock {self.path}: it kept changing (another process is '
+                    'starting in the same dir). Fix: start one training per --model_dir.')
+
+  def _create(self):
+    if '://' not in self.path:
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        return False
+      with os.fdopen(fd, 'w') as f:
+        f.write(self._record())
+      return True
+    if tf.io.gfile.exists(self.path):
+      return False
+    files.write(self.path, self._record())
+    held = read_json(self.path) or {}
+    return held.get('token') == self._token
+
+  def _remove_if(self, token):
+    held = read_json(self.path)
+    if token is None or (held or {}).get('token') == token:
+      try:
+        tf.io.gfile.remove(self.path)
+      except tf.errors.NotFoundError:
+        pass
+
+  def _beat(self):
+    while not self._stop.wait(self._heartbeat_s):
+      try:
+        files.write(self.path, self._record())
+      except (OSError, tf.errors.OpError) as e:  # a full disk must not kill the run from here
+        logging.warning('Could not refresh the lock %s (%s).', self.path, e)
+
+  def release(self):
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    self._remove_if(self._token)
 
 
 # --- identity ---------------------------------------------------------------------------------

@@ -72,8 +72,20 @@ def fashion_mnist_arrays(idx_dir, data_dir):
   paths = {s: [os.path.join(idx_dir, f) for f in files] for s, files in _FMNIST_FILES.items()}
   missing = [p for ps in paths.values() for p in ps if not os.path.exists(p)]
   if not missing:
-    return {s: (read_idx(ps[0])[..., None], read_idx(ps[1]).astype(np.int64))
-            for s, ps in paths.items()}
+    out = {}
+    for split, (images_path, labels_path) in paths.items():
+      images, labels = read_idx(images_path), read_idx(labels_path)
+      if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(
+            f'The Fashion-MNIST {split} files disagree: {os.path.basename(images_path)} holds '
+            f'images of shape {images.shape} and {os.path.basename(labels_path)} labels of '
+            f'shape {labels.shape} (expected [n, 28, 28] and [n]). Fix: replace them with a '
+            'matching pair (apt-get install --reinstall dataset-fashion-mnist).')
+      if labels.size and labels.max() > 9:
+        raise UserError(f'{labels_path} holds label {int(labels.max())}; Fashion-MNIST has '
+                        'classes 0-9. Fix: replace the file with the real labels.')
+      out[split] = (images[..., None], labels.astype(np.int64))
+    return out
   if explicit:
     present = sorted(os.listdir(idx_dir)) if os.path.isdir(idx_dir) else None
     found = ('it does not exist' if present is None else

@@ -24,6 +24,7 @@ from minc_tf import files
 from minc_tf import gin_internals
 from minc_tf import labels
 from minc_tf import monitor
+from minc_tf import run_dir
 from minc_tf import schema
 from minc_tf import tables
 from minc_tf.errors import UserError
@@ -123,13 +124,14 @@ def _variance_study(base_gin_files, bindings_for, batch_sizes, pretrain_steps, n
   return rows
 
 
-@gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change', 'command_line'])
+@gin.configurable(denylist=['model_dir', 'strategy', 'allow_config_change', 'command_line',
+                            'reuse_model_dir'])
 def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickstart.gin',),
               common_bindings=(), seeds=(0,), variants=None, batch_sizes=(64, 128, 256, 512),
               widths=(64, 256, 1024, 2048), sweep_batch_size=64, minc_decays=(0.0, 0.99),
               pretrain_pairs=None, table_path=None, baselines_once=True, pretrain_steps=200,
               num_batches=32, variance_batch_size=256, methods=None, learning_rates=(),
-              allow_config_change=False, command_line=((), ())):
+              allow_config_change=False, command_line=((), ()), reuse_model_dir=False):
   """Runs every variant of study `name` for every seed and writes the table (mean +- std over
   the seeds). A finished run (its bindings unchanged) is read back, not rerun.
 
@@ -146,10 +148,12 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   less the evaluation-only settings>/seed<s>, each with a study_run_<hash>.json record per
   evaluation.
   A run stopped by SIGTERM or Ctrl-C stops the study (its table holds the runs done); rerunning
-  the command resumes it. allow_config_change: main's flag, for every variant's train.run.
+  the command resumes it. allow_config_change: main's flag, for every variant's train.run;
+  reuse_model_dir: main's flag, for a model_dir that holds other files (run_dir.claim).
   """
   from minc_tf import config
   from minc_tf import train
+  run_dir.claim(model_dir, reuse=reuse_model_dir)
   cli_files, cli_bindings = (list(x) for x in command_line)
   # main parsed the command line (its files and bindings) before calling: a run.seed bound
   # there, by either, replaces the study's seeds ("the same command with run.seed = 1").

@@ -56,6 +56,7 @@ class _Job:
   steps_per_epoch: int
   identity: dict
   record_identity: bool
+  lock: object = None  # run_dir.Lock of a training's chief
 
   @property
   def chief(self):
@@ -65,11 +66,14 @@ class _Job:
     return os.path.join(self.out_dir, name)
 
   def close(self):
+    if self.lock is not None:
+      self.lock.release()
     if not self.chief and tf.io.gfile.exists(self.out_dir):
       tf.io.gfile.rmtree(self.out_dir)
 
 
-@gin.configurable(denylist=['mode', 'model_dir', 'strategy', 'allow_config_change'])
+@gin.configurable(denylist=['mode', 'model_dir', 'strategy', 'allow_config_change',
+                            'reuse_model_dir'])
 def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per_epoch=None,
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
@@ -77,7 +81,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         knn=True, report_test=False, offline_linear_eval=False, tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
         checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
-        allow_config_change=False):
+        max_weight_growth=1e4, allow_config_change=False, reuse_model_dir=False):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -112,8 +116,14 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     each epoch end and on SIGTERM or Ctrl-C); a rerun resumes from the newest readable one.
     Under MultiWorkerMirroredStrategy only the steps count (each worker has its own clock),
     and a SIGTERM on any worker makes all of them save the same step and stop.
+  max_weight_growth: a checkpoint is only written of sane weights: a norm of the trained
+    variables above this many times their norm at the start of training (or a non-finite one)
+    stops the run as a NaN loss does, the last sane checkpoint kept (None: the loss alone).
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
+  reuse_model_dir (main's --reuse_model_dir, not a gin setting): train in an existing
+    directory that holds files but no run (run_dir.claim refuses it otherwise). A training
+    holds <model_dir>/.minc_tf.lock while it runs (run_dir.Lock): a second one stops.
 
   Phases: checks, set-up (data, model, optimizer, the run's identity), then for training
   resume + fit + finish (weights, export), else the newest checkpoint; then evaluation and
@@ -142,7 +152,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       ('checkpoint_every_steps', checkpoint_every_steps, int_at_least(1, optional=True)),
       ('checkpoint_every_secs', checkpoint_every_secs,
        real_in(0, math.inf, low_open=True, optional=True)),
-      ('keep_checkpoints', keep_checkpoints, int_at_least(1))):
+      ('keep_checkpoints', keep_checkpoints, int_at_least(1)),
+      ('max_weight_growth', max_weight_growth,
+       real_in(1, math.inf, low_open=True, optional=True))):
     require(f'run.{name}', value, check)
   evaluate.check_settings()
   if seed is not None:
@@ -159,8 +171,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       start_step = _resume(job, seed)
       fit = _fit(job, start_step, settings)
       results = _training_results(job, start_step, fit)
+      # Written before the export too: a crash there leaves the training's true figures,
+      # which the rerun that finishes the run keeps (it trains nothing itself).
+      _write_results(job, results)
       if fit.guard.preempted:
-        _write_results(job, results)
         return results
       _finish_training(job)
     else:
@@ -188,6 +202,8 @@ def _set_up(settings):
   write checks, and the identity check. Nothing is written before every check has passed.
   settings: run()'s arguments."""
   mode, model_dir, strategy = settings.mode, settings.model_dir, settings.strategy
+  # An unset dir always; someone else's files only for training (eval and export read).
+  run_dir.claim(model_dir, reuse=settings.reuse_model_dir or mode not in TRAINING)
   global_batch_size, epochs = settings.global_batch_size, settings.epochs
   steps_per_execution, mixed_precision = settings.steps_per_execution, settings.mixed_precision
   seed, augment_on_device = settings.seed, settings.augment_on_device
@@ -202,6 +218,10 @@ def _set_up(settings):
                     f'one evaluation reads ({data.eval_split!r}). Fix: bind '
                     'load_data.validation_examples = 10000 (fashion_mnist) to hold out a '
                     'validation split, or unbind run.report_test.')
+  if mode in ('eval', 'train_and_eval') and data.num_classes < 2:
+    raise UserError(f'{data.name} has {data.num_classes} class: its probe and kNN accuracy would '
+                    'be 100% whatever the encoder learnt. Fix: give the evaluation labelled '
+                    'images of at least two classes, or pretrain only (--mode=train).')
   if global_batch_size > data.num_train:
     raise UserError(f'run.global_batch_size = {global_batch_size} is more than the '
                     f'{data.num_train} training examples of {data.name}. Fix: bind '
@@ -256,8 +276,11 @@ def _set_up(settings):
     if out_dir != model_dir:
       tf.io.gfile.rmtree(out_dir)
     raise
+  # Last, once every check has passed: the chief of a training holds the dir's lock.
+  lock = (run_dir.Lock(model_dir).acquire()
+          if mode in TRAINING and out_dir == model_dir else None)
   return _Job(mode, model_dir, out_dir, strategy, data, model, checkpointer, global_batch_size,
-              epochs, steps_per_epoch, identity, record_identity)
+              epochs, steps_per_epoch, identity, record_identity, lock)
 
 
 def _resume(job, seed):
@@ -319,7 +342,7 @@ def _fit(job, start_step, settings):
   guard = checkpoint.TrainingGuard(
       job.checkpointer, every_steps=s.checkpoint_every_steps,
       every_secs=None if cluster else s.checkpoint_every_secs,  # one clock per worker
-      strategy=strategy)
+      strategy=strategy, max_weight_growth=s.max_weight_growth)
   (v1, v2), _ = next(iter(data.pretrain_dataset(4)))
   rank_images = None
   if s.feature_rank_images:
@@ -348,9 +371,9 @@ def _fit(job, start_step, settings):
     kept = (f'the last good checkpoint, {saved[-1]}, was kept; rerunning the same command '
             'resumes from it and would diverge again' if saved else
             'no checkpoint had been written yet')
+    what = guard.divergence[0].upper() + guard.divergence[1:]
     raise UserError(
-        f'The loss became NaN or infinite at step {guard.diverged_at}; training stopped and '
-        f'{kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
+        f'{what} at step {guard.diverged_at}; training stopped and {kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
         'clip on (build_model.mu > 0), use float32 (run.mixed_precision=None), or check the '
         'data\'s normalisation (load_data.mean / std), then rerun with '
         '--allow_config_change to continue this run with the new setting, or start afresh in '
@@ -403,6 +426,13 @@ def _restored_results(job):
   """eval / export: the newest readable checkpoint restored (export: written), beside what the
   training run measured."""
   mode = job.mode
+  trained = run_dir.read_results(job.model_dir, job.chief).get('final_step')
+  if trained and not job.checkpointer.newest_step():
+    raise UserError(f'{job.model_dir} holds a run trained to step {trained}, but its '
+                    'checkpoints are gone (checkpoints/ is empty or missing), and training '
+                    'again would overwrite the finished run. Nothing was changed. Fix: restore '
+                    f'{job.model_dir}/checkpoints from a backup, or use the exported encoder '
+                    '(export/), or train afresh in another --model_dir.')
   step = checkpoint.restore_collectively(job.checkpointer, job.strategy, required=True)
   previous = run_dir.read_results(job.model_dir, job.chief)
   if job.checkpointer.damaged:

@@ -84,3 +84,87 @@ def test_the_identity_keeps_its_history(tmp_path):
     ('run.verbose', False), ('linear_probe.epochs', False), ('run.report_test', False)])
 def test_one_table_says_what_defines_a_run(key, defining):
   assert schema.defines_run(key) is defining
+
+
+# --- claim and lock ----------------------------------------------------------------------------
+
+def test_an_unset_model_dir_is_refused():
+  for value in ('', '   '):
+    with pytest.raises(UserError, match='--model_dir is empty'):
+      run_dir.claim(value)
+
+
+def test_a_directory_of_other_files_is_refused_unless_reused(tmp_path):
+  (tmp_path / 'thesis.tex').write_text('years of work')
+  with pytest.raises(UserError, match=r'not a minc_tf run \(thesis.tex\).*--reuse_model_dir'):
+    run_dir.claim(str(tmp_path))
+  run_dir.claim(str(tmp_path), reuse=True)
+  assert (tmp_path / 'thesis.tex').read_text() == 'years of work'
+
+
+def test_our_own_empty_or_new_dirs_are_claimed(tmp_path):
+  run_dir.claim(str(tmp_path / 'new'))
+  run_dir.claim(str(tmp_path))  # empty
+  (tmp_path / '.write_test-1-abc').write_text('')  # hidden files are not someone's data
+  run_dir.claim(str(tmp_path))
+  for name in ('results.json', 'checkpoints', 'runs'):
+    d = tmp_path / name.replace('.', '_')
+    d.mkdir()
+    (d / name).mkdir() if name != 'results.json' else (d / name).write_text('{}')
+    (d / 'notes.txt').write_text('mine')
+    run_dir.claim(str(d))
+
+
+def test_a_second_lock_names_the_holder_and_a_released_one_is_free(tmp_path):
+  held = run_dir.Lock(str(tmp_path)).acquire()
+  record = json.loads((tmp_path / run_dir.LOCK).read_text())
+  assert record['pid'] == os.getpid() and record['host']
+  with pytest.raises(UserError, match=rf"pid {os.getpid()}.*being trained|being trained.*pid "
+                                      rf"{os.getpid()}"):
+    run_dir.Lock(str(tmp_path)).acquire()
+  held.release()
+  assert not (tmp_path / run_dir.LOCK).exists()
+  run_dir.Lock(str(tmp_path)).acquire().release()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, caplog):
+  import socket
+  import subprocess
+  import sys
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()
+  (tmp_path / run_dir.LOCK).write_text(json.dumps(
+      {'host': socket.gethostname(), 'pid': gone.pid, 'token': 'x', 'heartbeat': 0}))
+  lock = run_dir.Lock(str(tmp_path)).acquire()
+  assert 'its process is gone' in caplog.text
+  lock.release()
+  # Another host's holder: fresh is held, an old heartbeat is stale.
+  import time
+  (tmp_path / run_dir.LOCK).write_text(json.dumps(
+      {'host': 'elsewhere', 'pid': 1, 'token': 'y', 'heartbeat': time.time()}))
+  with pytest.raises(UserError, match='host elsewhere, pid 1'):
+    run_dir.Lock(str(tmp_path)).acquire()
+  (tmp_path / run_dir.LOCK).write_text(json.dumps(
+      {'host': 'elsewhere', 'pid': 1, 'token': 'y', 'heartbeat': time.time() - 3600}))
+  run_dir.Lock(str(tmp_path), stale_s=600).acquire().release()
+
+
+def test_the_lock_works_on_a_remote_path():
+  import tensorflow as tf
+  path = 'ram://lock_test/run'
+  tf.io.gfile.makedirs(path)
+  lock = run_dir.Lock(path).acquire()
+  assert tf.io.gfile.exists(f'{path}/{run_dir.LOCK}')
+  with pytest.raises(UserError, match='being trained by another process'):
+    run_dir.Lock(path).acquire()
+  lock.release()
+  assert not tf.io.gfile.exists(f'{path}/{run_dir.LOCK}')
+
+
+def test_the_heartbeat_refreshes_the_lock(tmp_path):
+  import time
+  lock = run_dir.Lock(str(tmp_path), heartbeat_s=0.05).acquire()
+  first = json.loads((tmp_path / run_dir.LOCK).read_text())['heartbeat']
+  time.sleep(0.3)
+  assert json.loads((tmp_path / run_dir.LOCK).read_text())['heartbeat'] > first
+  lock.release()
