@@ -152,7 +152,8 @@ def _terms(attract, repel):
   return {'attract': tf.stop_gradient(attract), 'repel': tf.stop_gradient(repel)}
 
 
-def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False, return_terms=False):
+def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False, return_terms=False,
+              preconditioner=None):
   """MINC: the Spectral Contrastive objective with the pairwise term replaced by a summary.
 
   z: online outputs; t: target outputs; M = `summary` (k x k). t and M are constants.
@@ -169,10 +170,17 @@ def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False, return_terms=Fals
   See docs/method.md for why this is the Spectral Contrastive loss with E_j[(z_i.z_j)^2] =
   z_i^T C z_i (derived, not published).
 
+  preconditioner: a constant k x k matrix P (symmetric): the gradient becomes
+    dL/dz1_i = (2/N) P (M' z1_i - t2_i),
+  e.g. P = (M + eps I)^-1, a normalised power-iteration step. Like tril(M), a P other than I
+  makes the update the gradient of no scalar; the value returned stays the one above.
+
   return_terms=True returns (L, terms): terms['attract'] = -2 mean_i(z1_i.t2_i + z2_i.t1_i), the
   alignment term, and terms['repel'] = mean_i(z1_i^T M z1_i + z2_i^T M z2_i).
   """
   summary = tf.stop_gradient(tf.cast(summary, z1.dtype))
+  if preconditioner is not None:
+    preconditioner = tf.stop_gradient(tf.cast(preconditioner, z1.dtype))
   m_pull = tf.linalg.band_part(summary, -1, 0) if lower_triangular else None
 
   def view_rows(z, t):
@@ -187,7 +195,10 @@ def minc_loss(z1, z2, t1, t2, summary, lower_triangular=False, return_terms=Fals
         # (M' z_i)_a = sum_b M'_ab z_ib, the rows of z @ M'^T; for M' = M (symmetric) that is
         # the z @ M of the value, reused.
         pull = tf.matmul(z, m_pull, transpose_b=True) if lower_triangular else zm
-        return 2.0 * upstream[:, None] * (pull - t)
+        step = pull - t
+        if preconditioner is not None:  # rows of (P (M' z_i - t_i))^T = (M' z_i - t_i)^T P
+          step = tf.matmul(step, preconditioner)
+        return 2.0 * upstream[:, None] * step
 
       return value, grad
 

@@ -232,3 +232,14 @@ def test_evaluation_features_are_the_encoders_in_inference_mode():
   training = m.encoder(images, training=True).numpy()
   np.testing.assert_allclose(feats, inference, rtol=1e-5, atol=1e-6)
   assert np.abs(inference - training).max() > 1e-2
+
+
+@pytest.mark.parametrize('method', ['minc', 'spectral', 'simclr'])
+def test_the_logged_terms_add_up_to_the_logged_loss(method):
+  m = tiny_model(method, tau_base=0.9)
+  compile_model(m, lr=0.05)
+  history = m.fit(tf.data.Dataset.from_tensors(batches(count=1)[0]).repeat(2), epochs=1,
+                  verbose=0).history
+  total = history['loss_attract'][-1] + history['loss_repel'][-1]
+  assert abs(history['loss_attract'][-1]) > 1e-3
+  np.testing.assert_allclose(total, history['loss'][-1], rtol=1e-5, atol=1e-6)
