@@ -14,6 +14,8 @@ setup(
     description='Mutual Information Non-Contrastive (MINC) self-supervised learning in Keras 3',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    license_files=['LICENSE'],
     packages=find_packages(include=['minc_tf', 'minc_tf.*']),
     python_requires='>=3.10',
     # Exactly one TensorFlow per platform, chosen by an extra (they all install the same

@@ -44,3 +44,26 @@ def test_export_replaces_the_directory_atomically(tmp_path):
   assert np.abs(want - first((images / 255.0 - 0.5) / 0.5).numpy()).max() > 1e-3
   assert sorted(os.listdir(tmp_path)) == ['export']  # no .tmp or .old left behind
   assert os.path.exists(os.path.join(target, 'encoder.keras'))
+
+
+def test_an_encoder_trained_in_bfloat16_is_exported_in_float32(tmp_path):
+  from minc_tf import networks
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    keras.utils.set_random_seed(0)
+    encoder = networks.build_encoder((16, 16, 3), depth=18, small_images=True,
+                                     stage_blocks=(1,), base_width=8)
+    assert encoder.layers[1].dtype_policy.compute_dtype == 'bfloat16'
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  images = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16, 3)).astype(np.uint8)
+  x = (images / 255.0 - 0.5) / 0.25
+  path = export.export_encoder(encoder, (0.5,) * 3, (0.25,) * 3, str(tmp_path / 'export'))
+  loaded = tf.saved_model.load(path)
+  served = loaded.serve(tf.constant(images)).numpy()
+  want = export.float32_encoder(encoder)(x.astype(np.float32), training=False).numpy()
+  bf16 = np.asarray(encoder(x.astype(np.float32), training=False), np.float32)
+  assert all(layer.dtype_policy.compute_dtype == 'float32'
+             for layer in keras.models.load_model(f'{path}/encoder.keras').layers[2].layers)
+  np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(served - bf16).max() > 1e-3  # bf16 rounding, which the export no longer has
