@@ -144,7 +144,9 @@ class Checkpointer:
     method's variables under their old names (Method.LEGACY_CHECKPOINT_NAMES)."""
     method = getattr(self._model, 'method', None)
     legacy = getattr(method, 'LEGACY_CHECKPOINT_NAMES', {})
-    if not legacy:
+    # Only a model whose method state is all in the map (old checkpoints had nothing else):
+    # with more (a queue, a horizon's weight), the usual restore refuses the old checkpoint.
+    if not legacy or {v.name for v in method.weights} != set(legacy):
       return self._ckpt
     # Not tf.train.load_checkpoint: on ram:// it takes the prefix for a directory.
     reader = tf.compat.v1.train.NewCheckpointReader(path)

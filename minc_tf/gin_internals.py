@@ -47,7 +47,8 @@ def operative_values():
   """{'selector.param': value} of every parameter of every configurable called so far, bound
   or default (what operative_config.gin shows as text); selectors as in bound_values."""
   out = {}
-  for (scope, selector), params in gin.config._OPERATIVE_CONFIG.items():  # pylint: disable=protected-access
+  operative = gin.config._OPERATIVE_CONFIG  # pylint: disable=protected-access
+  for (scope, selector), params in operative.items():
     for name, value in params.items():
       out[f'{scope + "/" if scope else ""}{selector}.{name}'] = value
   return out

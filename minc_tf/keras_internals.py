@@ -39,9 +39,9 @@ def in_multi_worker_mode(strategy):
 
   Private: MultiWorkerMirroredStrategy.extended._in_multi_worker_mode (TensorFlow).
   """
-  extended = getattr(strategy, 'extended', None)
-  return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
-          bool(getattr(extended, '_in_multi_worker_mode', lambda: False)()))
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return False
+  return bool(strategy.extended._in_multi_worker_mode())  # pylint: disable=protected-access
 
 
 class BuiltModel(keras.Model):

@@ -235,9 +235,9 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
     target that reads target outputs uses sg(online outputs).
   tau_base: target EMA base rate of BYOL's cosine schedule over total_steps; byol_preset (100,
     300 or 1000 epochs) takes it from BYOL's table instead.
-  **settings: the methods' own settings (methods.settings(): mu, temperature, summary_decay,
-    summary_source, summary_centered, lower_triangular), bound in gin as build_model.<name>
-    like the rest; a method reads its own and the others keep their defaults.
+  **settings: the methods' own settings (methods.settings(); each method's SETTINGS with its
+    default, range and doc), bound in gin as build_model.<name> like the rest; a method reads
+    its own and the others keep their defaults.
   """
   if byol_preset is not None:
     tau_base = optim.preset(byol_preset)[2]

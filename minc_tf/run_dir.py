@@ -117,28 +117,34 @@ class Lock:
                        'heartbeat': time.time()})
 
   def _stale(self, held):
+    age = time.time() - float(held.get('heartbeat', 0))
+    if age > self._stale_s:
+      return f'its heartbeat is {age:.0f} s old'
     if held.get('host') == socket.gethostname():
+      if held.get('pid') == os.getpid() and held.get('token') not in _HELD:
+        return 'it names this process, which has not taken it (an earlier life of this pid)'
       try:
         os.kill(int(held['pid']), 0)
       except ProcessLookupError:
         return 'its process is gone'
       except (PermissionError, ValueError, KeyError, TypeError):
         pass
-      else:
-        return None
-    age = time.time() - float(held.get('heartbeat', 0))
-    return f'its heartbeat is {age:.0f} s old' if age > self._stale_s else None
+    return None
 
   def acquire(self):
     for _ in range(3):
       if self._create():
+        _HELD.add(self._token)
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
       held = read_json(self.path)
-      if held is None:  # damaged, or released meanwhile
-        self._remove_if(None)
-        continue
+      if held is None:  # released meanwhile, or damaged: stale only once old
+        if tf.io.gfile.exists(self.path) and self._age() < self._heartbeat_s:
+          held = {'host': '(unreadable lock)', 'pid': '?', 'heartbeat': time.time()}
+        else:
+          self._remove_if(None)
+          continue
       why = self._stale(held)
       if why is None:
         raise UserError(
@@ -152,15 +158,24 @@ class Lock:
     raise UserError(f'Could not lock {self.path}: it kept changing (another process is '
                     'starting in the same dir). Fix: start one training per --model_dir.')
 
+  def _age(self):
+    try:
+      return time.time() - tf.io.gfile.stat(self.path).mtime_nsec / 1e9
+    except tf.errors.OpError:
+      return 0.0
+
   def _create(self):
     if '://' not in self.path:
+      tmp = f'{self.path}.{self._token}'
+      with open(tmp, 'w') as f:
+        f.write(self._record())
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(tmp, self.path)  # atomic, and fails if the lock exists: no half-written lock
+        return True
       except FileExistsError:
         return False
-      with os.fdopen(fd, 'w') as f:
-        f.write(self._record())
-      return True
+      finally:
+        os.remove(tmp)
     if tf.io.gfile.exists(self.path):
       return False
     files.write(self.path, self._record())
@@ -187,6 +202,10 @@ class Lock:
     if self._thread is not None:
       self._thread.join(timeout=5)
     self._remove_if(self._token)
+    _HELD.discard(self._token)
+
+
+_HELD = set()  # tokens of the locks this process holds
 
 
 # --- identity ---------------------------------------------------------------------------------
@@ -196,21 +215,23 @@ def run_identity(**run_settings):
   operative parameter (bound or default) that schema.defines_run, and run()'s own (resolved:
   steps_per_epoch from the data, mixed_precision 'float32' for None)."""
   values = {k: v for k, v in monitor.gin_hparams().items() if schema.defines_run(k)}
-  values.update({f'run.{k}': schema.record_value(v) for k, v in run_settings.items()})
+  values.update({f'run.{k}': v for k, v in run_settings.items()})  # as recorded since the start
   return json.loads(json.dumps(values))
 
 
-def default_value(key):
-  """The recorded form of the code default of setting `key` ('selector.param'), or a sentinel
-  that equals nothing when it has none."""
+def default_values(key):
+  """The forms a record may hold the code default of setting `key` ('selector.param') in: its
+  JSON value (run()'s own settings) and its HParams form (gin's, None as 'None'); () when it
+  has no default."""
   selector, _, param = key.rpartition('.')
   found = gin_internals.defaults(selector.rpartition('/')[2])
   if param not in found:
-    return _NO_DEFAULT
-  return json.loads(json.dumps(schema.record_value(found[param])))
+    return ()
+  raw = found[param]
+  return tuple(json.loads(json.dumps(v)) for v in (raw, schema.record_value(raw))
+               if isinstance(v, (bool, int, float, str, type(None), list, tuple)))
 
 
-_NO_DEFAULT = object()
 _MISSING = '(unset)'
 
 
@@ -223,9 +244,9 @@ def identity_changes(recorded, identity, keys=None):
     old, new = recorded.get(k, _MISSING), identity.get(k, _MISSING)
     if old == new:
       continue
-    if old is _MISSING and new == default_value(k):
+    if old is _MISSING and new in default_values(k):
       continue
-    if new is _MISSING and old == default_value(k):
+    if new is _MISSING and old in default_values(k):
       continue
     changed.append(f'{k}: {old!r} -> {new!r}')
   return changed
@@ -297,10 +318,11 @@ def read_results(model_dir, chief):
   return read_json(os.path.join(model_dir, RESULTS), set_aside=chief) or {}
 
 
-def write_results(out_dir, results, step, session):
-  """results.json (atomically), and the same figures as TensorBoard HParams metrics, so
-  `tensorboard --logdir` over many model dirs compares them; the settings (the HParams session)
-  are a training run's (session; an eval's or export's command line may differ in what it
-  ignores)."""
+def write_results(out_dir, results, step, session, hparams=True):
+  """results.json (atomically), and (hparams) the same figures as TensorBoard HParams metrics,
+  so `tensorboard --logdir` over many model dirs compares them; the settings (the HParams
+  session) are a training run's (session; an eval's or export's command line may differ in
+  what it ignores)."""
   files.write(os.path.join(out_dir, RESULTS), json.dumps(results, indent=2))
-  monitor.write_hparams(os.path.join(out_dir, 'tensorboard'), results, step, session=session)
+  if hparams:
+    monitor.write_hparams(os.path.join(out_dir, 'tensorboard'), results, step, session=session)

@@ -24,7 +24,7 @@ NOT_DEFINING = ('load_data.data_dir', 'load_data.idx_dir', 'load_data.image_dir'
 # What shapes the checkpoint's variables: all an eval or export must agree with.
 ARCHITECTURE = ('build_model.method', 'build_model.projector_hidden', 'build_model.projector_dim',
                 'build_model.predictor', 'build_model.predictor_hidden', 'build_model.use_target',
-                'build_encoder.')
+                'build_model.summary_memory', 'build_model.summary_horizon', 'build_encoder.')
 
 
 def defines_run(key):

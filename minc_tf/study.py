@@ -221,21 +221,21 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
         # evaluation settings is evaluated by train.run, which finds it trained, and keeps a
         # record of its own.
         run = run_name(configuration, seed, model_dir)
-        run_dir = os.path.join(model_dir, run)
-        record = os.path.join(run_dir, f'study_run_{_digest(configuration)}.json')
+        path = os.path.join(model_dir, run)
+        record = os.path.join(path, f'study_run_{_digest(configuration)}.json')
         row = _finished(record, configuration)
         if row is None:
           start = time.time()
-          result = train.run('train_and_eval', run_dir, strategy,
+          result = train.run('train_and_eval', path, strategy,
                              allow_config_change=allow_config_change)
           if result.get('preempted'):
             logging.warning('%s stopped %s (%s), seed %d; rerun the same command to resume the '
-                            'study.', result['preempted'], run_dir, label, seed)
+                            'study.', result['preempted'], path, label, seed)
             return False
           row = dict(result, variant=label, seed=seed, bindings=bindings,
                      code=code_version(), total_wall_time_s=round(time.time() - start, 1))
           if chief:
-            tf.io.gfile.makedirs(run_dir)
+            tf.io.gfile.makedirs(path)
             files.write(record, json.dumps(
                 {'configuration': configuration, 'gin_files': base_gin_files,
                  'bindings': full, 'row': row}, indent=2))
@@ -321,19 +321,23 @@ def run_name(configuration, seed, model_dir=None):
   """runs/<hash>/seed<s>: the run directory of the parsed gin config within a study.
 
   The hash is of the settings that define a run (schema.defines_run: the ones run_identity.json
-  records too), as bound, leaving out those bound to their code default: a setting added to
+  records too) and of every gin macro (a defining setting may take its value from one), as
+  bound, leaving out those bound to their code default: a setting added to
   the code later, or a binding that restates a default, does not rename the run. Study dirs
   made before this rule named runs by the whole parsed config less two evaluation settings
   (legacy_run_name); where such a directory exists in model_dir, it is used.
   """
-  bound = {monitor.binding_key(k): v for k, v in gin_internals.bound_values().items()}
   defining = {}
-  for key, value in bound.items():
+  for full, value in gin_internals.bound_values().items():
+    if full.endswith('gin.macro.value'):  # a macro: its value may define a run (%EPOCHS)
+      defining[full] = schema.record_value(value)
+      continue
+    key = monitor.binding_key(full)
     if not schema.defines_run(key):
       continue
     value = schema.record_value(value)
     selector, _, param = key.rpartition('.')
-    defaults = gin_internals.defaults(selector)
+    defaults = gin_internals.defaults(selector.rpartition('/')[2])
     if param in defaults and schema.record_value(defaults[param]) == value:
       continue
     defining[key] = value

@@ -117,13 +117,15 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     Under MultiWorkerMirroredStrategy only the steps count (each worker has its own clock),
     and a SIGTERM on any worker makes all of them save the same step and stop.
   max_weight_growth: a checkpoint is only written of sane weights: a norm of the trained
-    variables above this many times their norm at the start of training (or a non-finite one)
+    variables above this many times their norm when this training started (a resumed run:
+    its restored weights; or a non-finite norm)
     stops the run as a NaN loss does, the last sane checkpoint kept (None: the loss alone).
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
   reuse_model_dir (main's --reuse_model_dir, not a gin setting): train in an existing
     directory that holds files but no run (run_dir.claim refuses it otherwise). A training
-    holds <model_dir>/.minc_tf.lock while it runs (run_dir.Lock): a second one stops.
+    holds <model_dir>/.minc_tf.lock while it runs (run_dir.Lock): a second one stops, and so
+    does an eval or export of a dir being trained (they write there too).
 
   Phases: checks, set-up (data, model, optimizer, the run's identity), then for training
   resume + fit + finish (weights, export), else the newest checkpoint; then evaluation and
@@ -172,9 +174,12 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       fit = _fit(job, start_step, settings)
       results = _training_results(job, start_step, fit)
       # Written before the export too: a crash there leaves the training's true figures,
-      # which the rerun that finishes the run keeps (it trains nothing itself).
-      _write_results(job, results)
+      # which the rerun that finishes the run keeps (it trains nothing itself). HParams are
+      # written once, with the final results.
+      run_dir.write_results(job.out_dir, results, job.checkpointer.step, session=False,
+                            hparams=False)
       if fit.guard.preempted:
+        _write_results(job, results)
         return results
       _finish_training(job)
     else:
@@ -266,6 +271,12 @@ def _set_up(settings):
   record_identity = run_dir.check_identity(model_dir, mode, settings.allow_config_change,
                                            identity)
   out_dir = runtime.worker_dir(strategy, model_dir)
+  # Before anything else touches the dir (the Checkpointer may rebuild its index): the chief
+  # holds the dir's lock, for every mode (an eval writes results.json and export/ too). Under
+  # MultiWorkerMirroredStrategy a refusal on the chief is raised on every worker.
+  take = lambda: run_dir.Lock(model_dir).acquire() if out_dir == model_dir else None  # noqa
+  lock = (checkpoint.on_every_worker(strategy, take) if checkpoint.in_cluster(strategy)
+          else take())
   try:
     with strategy.scope():  # the data seed is then the chief's on every worker
       checkpointer = checkpoint.Checkpointer(
@@ -273,12 +284,11 @@ def _set_up(settings):
           save_directory=os.path.join(out_dir, 'checkpoints'))
       checkpointer.build_optimizer()
   except BaseException:
+    if lock is not None:
+      lock.release()
     if out_dir != model_dir:
       tf.io.gfile.rmtree(out_dir)
     raise
-  # Last, once every check has passed: the chief of a training holds the dir's lock.
-  lock = (run_dir.Lock(model_dir).acquire()
-          if mode in TRAINING and out_dir == model_dir else None)
   return _Job(mode, model_dir, out_dir, strategy, data, model, checkpointer, global_batch_size,
               epochs, steps_per_epoch, identity, record_identity, lock)
 
@@ -373,7 +383,8 @@ def _fit(job, start_step, settings):
             'no checkpoint had been written yet')
     what = guard.divergence[0].upper() + guard.divergence[1:]
     raise UserError(
-        f'{what} at step {guard.diverged_at}; training stopped and {kept}. Fix: lower the learning rate (build_optimizer.base_lr), keep the output '
+        f'{what} at step {guard.diverged_at}; training stopped and {kept}. Fix: lower the '
+        'learning rate (build_optimizer.base_lr), keep the output '
         'clip on (build_model.mu > 0), use float32 (run.mixed_precision=None), or check the '
         'data\'s normalisation (load_data.mean / std), then rerun with '
         '--allow_config_change to continue this run with the new setting, or start afresh in '

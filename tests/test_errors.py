@@ -444,7 +444,8 @@ def test_a_second_training_of_the_same_dir_stops_while_the_first_runs(idx_dir, t
   model_dir = str(tmp_path / 'run')
   env = dict(os.environ, PYTHONPATH=REPO)
   args = [sys.executable, '-m', 'minc_tf.main'] + argv(model_dir, idx_dir, mode='train')[1:]
-  first = subprocess.Popen(args + ['--gin_bindings=run.epochs=6'], cwd=REPO, env=env,
+  # Long enough (36 steps) that it still runs when the second reaches the lock.
+  first = subprocess.Popen(args + ['--gin_bindings=run.epochs=12'], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   lock = os.path.join(model_dir, '.minc_tf.lock')
   deadline = time.time() + 240
@@ -456,7 +457,26 @@ def test_a_second_training_of_the_same_dir_stops_while_the_first_runs(idx_dir, t
   assert second.returncode == 2, out[-2000:]
   assert 'being trained by another process' in out and f'pid {first.pid}' in out
   assert first.wait(timeout=600) == 0, first.communicate()[0][-2000:]
-  assert not os.path.exists(lock) and results(model_dir)['final_step'] == 6 * STEPS
+  assert not os.path.exists(lock) and results(model_dir)['final_step'] == 12 * STEPS
+
+
+def test_a_study_in_a_directory_of_other_files_is_refused(tmp_path, cli):
+  (tmp_path / 'notes.txt').write_text('mine')
+  code, out = cli(['minc_tf', f'--model_dir={tmp_path}', '--gin_file=gin/study_ablation.gin',
+                   '--mode=study'])
+  assert code == 2 and 'not a minc_tf run' in out and sorted(os.listdir(tmp_path)) == [
+      'notes.txt']
+
+
+def test_an_eval_of_a_dir_being_trained_is_refused(run_dir, idx_dir, cli):
+  import json as json_lib
+  import time
+  with open(os.path.join(run_dir, '.minc_tf.lock'), 'w') as f:  # a live training elsewhere
+    json_lib.dump({'host': 'trainer-host', 'pid': 7, 'token': 't', 'heartbeat': time.time()}, f)
+  before = snapshot(run_dir)
+  code, out = cli(argv(run_dir, idx_dir, mode='eval'))
+  assert code == 2 and 'host trainer-host, pid 7' in out, out[-1500:]
+  assert snapshot(run_dir) == before
 
 
 def test_flag_errors_exit_2(capsys):

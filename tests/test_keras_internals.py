@@ -61,6 +61,11 @@ def test_a_built_model_skips_the_symbolic_build(mirrored):
   assert not pulled
 
 
+def test_the_multi_worker_mode_probe_exists():
+  from tensorflow.python.distribute import collective_all_reduce_strategy as collective
+  assert hasattr(collective.CollectiveAllReduceExtended, '_in_multi_worker_mode')
+
+
 def test_multi_worker_mode_is_false_off_a_cluster(mirrored):
   assert not keras_internals.in_multi_worker_mode(mirrored)
   assert not keras_internals.in_multi_worker_mode(tf.distribute.get_strategy())

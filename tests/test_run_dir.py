@@ -23,9 +23,23 @@ def _trained_dir(tmp_path, recorded):
 def test_a_record_written_before_a_setting_existed_still_resumes(tmp_path):
   """The record predates summary_decay (missing from it); today's value is the code default,
   so the run is the same run."""
-  assert run_dir.default_value('build_model.summary_decay') == 0.99
+  assert 0.99 in run_dir.default_values('build_model.summary_decay')
   old = {k: v for k, v in NOW.items() if k != 'build_model.summary_decay'}
   assert run_dir.check_identity(_trained_dir(tmp_path, old), 'train', False, NOW) is False
+
+
+def test_an_unseeded_record_of_earlier_code_still_resumes(tmp_path):
+  """Records hold run()'s own settings as JSON values: an unseeded run's "run.seed": null."""
+  old = dict(NOW, **{'run.seed': None, 'run.steps_per_epoch': 3})
+  now = run_dir.json.loads(run_dir.json.dumps(dict(old)))
+  assert run_dir.check_identity(_trained_dir(tmp_path, old), 'train', False, now) is False
+  import gin
+  from minc_tf import config
+  config.parse_gin(['gin/quickstart.gin'], [])
+  from minc_tf import model as model_lib  # noqa: F401
+  identity = run_dir.run_identity(seed=None, epochs=2)
+  gin.clear_config()
+  assert identity['run.seed'] is None and identity['run.epochs'] == 2
 
 
 def test_a_setting_missing_from_the_record_at_another_value_is_a_change(tmp_path):
@@ -133,13 +147,23 @@ def test_a_stale_lock_is_taken_over(tmp_path, caplog):
   import sys
   gone = subprocess.Popen([sys.executable, '-c', 'pass'])
   gone.wait()
+  import time
   (tmp_path / run_dir.LOCK).write_text(json.dumps(
-      {'host': socket.gethostname(), 'pid': gone.pid, 'token': 'x', 'heartbeat': 0}))
+      {'host': socket.gethostname(), 'pid': gone.pid, 'token': 'x', 'heartbeat': time.time()}))
   lock = run_dir.Lock(str(tmp_path)).acquire()
   assert 'its process is gone' in caplog.text
   lock.release()
+  # This process's pid, but a token it never held: a restarted container's earlier life.
+  (tmp_path / run_dir.LOCK).write_text(json.dumps(
+      {'host': socket.gethostname(), 'pid': os.getpid(), 'token': 'old', 'heartbeat': time.time()}))
+  run_dir.Lock(str(tmp_path)).acquire().release()
+  assert 'an earlier life of this pid' in caplog.text
+  # A half-written (unreadable) lock younger than a heartbeat is held, an old one is not.
+  (tmp_path / run_dir.LOCK).write_text('{"host": "h')
+  with pytest.raises(UserError, match='unreadable lock'):
+    run_dir.Lock(str(tmp_path)).acquire()
+  run_dir.Lock(str(tmp_path), heartbeat_s=0.0).acquire().release()
   # Another host's holder: fresh is held, an old heartbeat is stale.
-  import time
   (tmp_path / run_dir.LOCK).write_text(json.dumps(
       {'host': 'elsewhere', 'pid': 1, 'token': 'y', 'heartbeat': time.time()}))
   with pytest.raises(UserError, match='host elsewhere, pid 1'):

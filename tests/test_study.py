@@ -311,3 +311,9 @@ def test_a_study_dir_made_before_the_rule_keeps_its_runs(tmp_path):
   assert study.run_name(configuration, 0, str(tmp_path)) != legacy
   os.makedirs(tmp_path / legacy)
   assert study.run_name(configuration, 0, str(tmp_path)) == legacy
+
+
+def test_a_macro_that_sets_a_defining_value_names_the_run():
+  with_macro = lambda epochs: _run_name([f'EPOCHS = {epochs}', 'run.epochs = %EPOCHS'])  # noqa
+  assert with_macro(100) != with_macro(300)
+  assert with_macro(100) == with_macro(100)

@@ -41,8 +41,23 @@ CASES = {  # name: (method, build_model settings)
 }
 
 
-def test_every_registered_method_has_a_wiring_case():
+# Settings whose wiring is checked against a reference elsewhere (the reference above covers
+# the EMA per step and the batch summary): each with the test that does.
+ELSEWHERE = {
+    'summary_horizon': 'test_methods.py::test_the_ema_horizon_is_a_number_of_pairs',
+    'summary_memory': 'test_methods.py::test_the_queue_holds_the_last_h_pairs',
+    'summary_moment': 'test_methods.py::test_minc_gradient_readings_equal_their_numpy_formula',
+    'precondition_power': 'test_methods.py::test_minc_gradient_readings_equal_their_numpy_formula',
+    'precondition_eps': 'test_methods.py::test_minc_gradient_readings_equal_their_numpy_formula',
+}
+
+
+def test_every_registered_method_and_setting_has_a_wiring_case():
   assert {m for m, _ in CASES.values()} == set(methods.names())
+  for name in methods.names():
+    for setting, declared in methods.get(name).SETTINGS.items():
+      varied = {kw.get(setting, declared.default) for m, kw in CASES.values() if m == name}
+      assert len(varied) > 1 or setting in ELSEWHERE, (name, setting)
 
 
 def _clip(z, mu):

@@ -52,15 +52,16 @@ class Minc(base.Method):
                                      "summary_horizon pairs' outputs (low lag)"),
       'summary_horizon': base.Setting(None, int_at_least(1, optional=True),
                                       "M's memory in pairs seen: the EMA decays by 1 - B/H per "
-                                      "step of global batch B (the batch alone from B >= H), "
-                                      "the queue holds H pairs; None: summary_decay per step "
-                                      "(EMA only)"),
+                                      "step of global batch B (the batch alone from B >= H; "
+                                      "replaces summary_decay), the queue holds the newest 2H "
+                                      "outputs (H pairs when B divides H); None: "
+                                      "summary_decay per step (EMA only)"),
       'summary_moment': base.Setting('second', one_of(('second', 'cross')),
                                      "M is the second moment of both views' outputs, or the "
                                      "symmetrised cross-view moment K = (t1 t2^T + t2 t1^T) / 2 "
                                      "(with lower_triangular: Sanger's rule literally)"),
       'precondition_power': base.Setting(0, one_of((-1, 0, 1)),
-                                         "p of the preconditioned gradient (M + eps I)^p (M z - t): "
+                                         "p of the preconditioned step (M + eps I)^p (M z - t): "
                                          "0 MINC's own, -1 a normalised power-iteration step"),
       'precondition_eps': base.Setting(1e-3, real_in(0, math.inf, low_open=True),
                                        "eps of the preconditioner (M + eps I)^p, relative to "
@@ -72,6 +73,9 @@ class Minc(base.Method):
     if self.summary_memory == 'queue' and self.summary_horizon is None:
       raise UserError("build_model.summary_memory = 'queue' needs the queue's length. Fix: "
                       'bind build_model.summary_horizon to a number of pairs (e.g. 4096).')
+    if self.summary_centered and self.summary_moment == 'cross':
+      raise UserError("build_model.summary_centered applies to the second moment, not to "
+                      "summary_moment = 'cross'. Fix: unbind one of them.")
     if self.summary_memory == 'queue' and self.summary_moment == 'cross':
       raise UserError("build_model.summary_moment = 'cross' pairs each image's two views, "
                       'which the queue does not keep. Fix: use the EMA '
