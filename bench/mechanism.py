@@ -154,6 +154,7 @@ def main():
   args = parser.parse_args()
   run = os.path.join(args.out, 'spectral_run')
   rng = np.random.default_rng(0)
+  os.makedirs(args.out, exist_ok=True)
   record_path = os.path.join(args.out, 'mechanism.json')
   record = json.load(open(record_path)) if os.path.exists(record_path) else {}
   for step in args.steps:
