@@ -70,21 +70,21 @@ MUTANTS = [  # (what it breaks, file, text, replacement[, the tests that guard i
     # The model dir and its record (issue 28's faults), each with the tests that guard it.
     ('no lock taken by a training', 'minc_tf/train.py',
      'take = lambda: run_dir.Lock(model_dir).acquire() if', 'take = lambda: None if',
-     ['tests/test_errors.py::test_a_second_training_of_the_same_dir_stops_while_the_first_runs']),
+     ['tests/test_faults.py::test_a_second_training_of_the_same_dir_stops_while_the_first_runs']),
     ('a foreign directory trained into', 'minc_tf/run_dir.py',
      '  if names and not ours:', '  if False:',
-     ['tests/test_run_dir.py', 'tests/test_errors.py::'
+     ['tests/test_run_dir.py', 'tests/test_faults.py::'
       'test_a_directory_of_other_files_is_never_trained_into']),
     ("blown-up weights checkpointed (the guard's norm check off)", 'minc_tf/checkpoint.py',
      '    if not np.isfinite(norm) or (self._max_growth', '    if False and (self._max_growth',
-     ['tests/test_errors.py::test_blown_up_weights_are_never_checkpointed_and_the_fix_works']),
+     ['tests/test_faults.py::test_blown_up_weights_are_never_checkpointed_and_the_fix_works']),
     ('results.json written only after the export', 'minc_tf/train.py',
      '      run_dir.write_results(job.out_dir, results, job.checkpointer.step, session=False,\n'
      '                            hparams=False)\n', '',
-     ['tests/test_errors.py::test_a_run_finished_after_a_crash_in_export_reports_its_training']),
+     ['tests/test_faults.py::test_a_run_finished_after_a_crash_in_export_reports_its_training']),
     ('a one-class evaluation let through', 'minc_tf/train.py',
      "  if mode in ('eval', 'train_and_eval') and data.num_classes < 2:",
-     '  if False:', ['tests/test_errors.py::test_a_one_class_folder_is_not_evaluated']),
+     '  if False:', ['tests/test_faults.py::test_a_one_class_folder_is_not_evaluated']),
     # MINC's summary options (issue 25), guarded by their reference and ground-truth tests.
     ("the horizon's decay ignored (the batch alone)", 'minc_tf/methods/minc.py',
      'decay = tf.maximum(0.0, 1.0 - n / float(self.summary_horizon))', 'decay = 0.0 * n',
@@ -104,7 +104,7 @@ MUTANTS = [  # (what it breaks, file, text, replacement[, the tests that guard i
     ('IDX files whose counts disagree let through', 'minc_tf/sources.py',
      '      if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):',
      '      if False:',
-     ['tests/test_errors.py::test_idx_files_whose_counts_disagree_stop_before_pretraining']),
+     ['tests/test_faults.py::test_idx_files_whose_counts_disagree_stop_before_pretraining']),
 ]
 
 
