@@ -34,6 +34,7 @@ def get_strategy(name='default', tpu=None):
     devices = [d.name for d in (gpus or tf.config.list_logical_devices('CPU'))]
     return tf.distribute.MirroredStrategy(devices)
   if name == 'multi_worker':
+    check_tf_config(os.environ.get('TF_CONFIG'))
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == 'tpu':
     if not tpu:
@@ -47,3 +48,36 @@ def get_strategy(name='default', tpu=None):
                       "--tpu=local, or pass the TPU's name and zone-visible credentials.") from None
     return tf.distribute.TPUStrategy(resolver)
   raise UserError(f'Unknown --strategy {name!r}; choose one of {", ".join(STRATEGIES)}.')
+
+
+def check_tf_config(text):
+  """Stops a multi-worker launch whose TF_CONFIG would fail deep inside TensorFlow (or, unset,
+  silently train alone): JSON with a cluster of 'host:port' workers (and an optional chief) and
+  a task naming one of them."""
+  import json  # pylint: disable=g-import-not-at-top
+  example = ('{"cluster": {"worker": ["host0:12345", "host1:12345"]}, '
+             '"task": {"type": "worker", "index": 0}}')
+  fix = f'Fix: export TF_CONFIG=\'{example}\' on every worker (its own index on each).'
+  if not text:
+    raise UserError(f'--strategy=multi_worker needs TF_CONFIG, which is unset. {fix}')
+  try:
+    config = json.loads(text)
+  except ValueError as e:
+    raise UserError(f'TF_CONFIG is not JSON ({e}). {fix}') from None
+  cluster = config.get('cluster') if isinstance(config, dict) else None
+  task = config.get('task') if isinstance(config, dict) else None
+  if not isinstance(cluster, dict) or not cluster.get('worker') and not cluster.get('chief'):
+    raise UserError(f'TF_CONFIG has no cluster of workers: {text[:200]}. {fix}')
+  for kind, hosts in cluster.items():
+    if not isinstance(hosts, list) or not all(
+        isinstance(h, str) and h.rpartition(':')[2].isdigit() for h in hosts):
+      raise UserError(f"TF_CONFIG's cluster {kind!r} must be a list of 'host:port' strings, not "
+                      f'{hosts!r}. {fix}')
+  if not isinstance(task, dict) or task.get('type') not in cluster:
+    raise UserError(f"TF_CONFIG's task must name one of the cluster's kinds "
+                    f'({", ".join(cluster)}), not {task!r}. {fix}')
+  index = task.get('index', 0)
+  if not isinstance(index, int) or not 0 <= index < len(cluster[task['type']]):
+    raise UserError(f"TF_CONFIG's task index {index!r} is not one of the "
+                    f"{len(cluster[task['type']])} {task['type']}s. {fix}")
+

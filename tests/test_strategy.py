@@ -55,3 +55,25 @@ def test_two_workers_train_like_one_process_on_the_same_global_batches(tmp_path)
   for name in single.files:
     np.testing.assert_array_equal(w0[name], w1[name])  # the workers agree exactly ...
     np.testing.assert_allclose(w0[name], single[name], rtol=1e-4, atol=1e-5)  # ... with one process.
+
+
+@pytest.mark.parametrize('text, message', [
+    (None, 'TF_CONFIG, which is unset'),
+    ('{"cluster": ', 'TF_CONFIG is not JSON'),
+    ('{"task": {"type": "worker", "index": 0}}', 'no cluster of workers'),
+    ('{"cluster": {"worker": ["host0"]}, "task": {"type": "worker", "index": 0}}',
+     "list of 'host:port' strings"),
+    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "ps", "index": 0}}',
+     "task must name one of the cluster's kinds"),
+    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
+     'task index 2 is not one of the 2 workers'),
+])
+def test_a_bad_tf_config_is_refused_with_the_fix(text, message):
+  with pytest.raises(UserError, match=message) as e:
+    strategy_lib.check_tf_config(text)
+  assert 'export TF_CONFIG=' in str(e.value)
+
+
+def test_a_good_tf_config_passes():
+  strategy_lib.check_tf_config(json.dumps({'cluster': {'chief': ['h:1'], 'worker': ['h:2']},
+                                           'task': {'type': 'chief', 'index': 0}}))
