@@ -122,16 +122,13 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     stops the run as a NaN loss does, the last sane checkpoint kept (None: the loss alone).
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
-  reuse_model_dir (main's --reuse_model_dir, not a gin setting): train in an existing
-    directory that holds files but no run (run_dir.claim refuses it otherwise). A training
-    holds <model_dir>/.minc_tf.lock while it runs (run_dir.Lock): a second one stops, and so
-    does an eval or export of a dir being trained (they write there too).
+  reuse_model_dir (main's flag): use a dir of other files (run_dir.claim). Every mode holds
+    <model_dir>/.minc_tf.lock while it runs (run_dir.Lock), so a second one stops.
 
-  Phases: checks, set-up (data, model, optimizer, the run's identity), then for training
-  resume + fit + finish (weights, export), else the newest checkpoint; then evaluation and
-  results. Every worker of a multi-worker run runs every phase (saves and feature extraction
-  are collectives); each phase reads model_dir and writes only through job.out(), which is
-  model_dir on the chief and a private temporary directory on the other workers.
+  Phases (docs/architecture.md): checks, set-up, then resume + fit + finish (training) or the
+  newest checkpoint; then evaluation and results. Every worker of a multi-worker run runs
+  every phase (saves and feature extraction are collectives); each writes only through
+  job.out(): model_dir on the chief, a private temporary directory on the other workers.
   """
   settings = types.SimpleNamespace(**locals())  # run()'s arguments by name, for its phases
   if mode not in MODES:
@@ -271,9 +268,8 @@ def _set_up(settings):
   record_identity = run_dir.check_identity(model_dir, mode, settings.allow_config_change,
                                            identity)
   out_dir = runtime.worker_dir(strategy, model_dir)
-  # Before anything else touches the dir (the Checkpointer may rebuild its index): the chief
-  # holds the dir's lock, for every mode (an eval writes results.json and export/ too). Under
-  # MultiWorkerMirroredStrategy a refusal on the chief is raised on every worker.
+  # Before the Checkpointer can touch the dir (it may rebuild its index), in every mode (an
+  # eval writes there too); a refusal on a multi-worker chief is raised on every worker.
   take = lambda: run_dir.Lock(model_dir).acquire() if out_dir == model_dir else None  # noqa
   lock = (checkpoint.on_every_worker(strategy, take) if checkpoint.in_cluster(strategy)
           else take())
