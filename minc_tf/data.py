@@ -90,9 +90,12 @@ class ImageData:
   # --- pipelines ---------------------------------------------------------------------------
 
   def pretrain_dataset(self, batch_size, input_context=None, seed=None, views=None,
-                       shuffle_buffer=None, start_step=0, crops_only=False, ordered=None):
+                       shuffle_buffer=None, start_step=0, crops_only=False, ordered=None,
+                       split=None):
     """Infinite ((view1, view2), label) batches of `batch_size` (per replica), normalised.
 
+    split: the split to view (default: train_split; evaluate.spectral_objective views the
+      evaluation split).
     shuffle_buffer: TFDS sources: each epoch's examples are permuted within runs of this many
       (default 10 x batch_size), after the seeded file order; in-memory and folder sources are
       permuted whole.
@@ -116,6 +119,7 @@ class ImageData:
       seed = int(np.random.default_rng().integers(2 ** 31))
     pipeline = input_context.input_pipeline_id if input_context is not None else 0
     base = tf.constant([seed, pipeline], tf.int64)
+    split = split or self.train_split
 
     def two_views(epoch, index, example):
       image, label = example
@@ -136,7 +140,7 @@ class ImageData:
     replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                      if input_context is not None else 1)
     consumed = start_step * replicas_here * batch_size
-    per_epoch = self.source.epoch_size(self.train_split, input_context)
+    per_epoch = self.source.epoch_size(split, input_context)
     if per_epoch == 0:
       raise UserError(f'Input pipeline {pipeline} of {self.name} has no training examples '
                       '(more input pipelines than examples or files). Fix: use fewer hosts, '
@@ -148,7 +152,7 @@ class ImageData:
       if consumed:
         logging.warning('The size of an epoch of %s is unknown: resuming reads and discards '
                         '%d examples.', self.name, consumed)
-    epoch_of = self.source.epochs(self.train_split, input_context, seed,
+    epoch_of = self.source.epochs(split, input_context, seed,
                             window=shuffle_buffer or 10 * batch_size)
 
     def epoch_stream(epoch):

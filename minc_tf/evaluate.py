@@ -78,6 +78,50 @@ def _embedding_function(encoder, strategy, cache):
   return embed
 
 
+# The validation pairs of spectral_objective: one seed, so every run is scored on the same views.
+OBJECTIVE_SEED = 1234
+
+
+def spectral_objective(encoder, projector, data, pairs, batch_size, strategy=None):
+  """The Spectral Contrastive objective of the frozen encoder + projector on held-out pairs:
+
+    L_val = -(2/P) sum_i z1_i . z2_i  +  1/(P(P-1)) sum_{i != j} (z1_i . z2_j)^2
+
+  (no radial clip, mu = 1: the population quantity every method's summary estimates; lower is
+  better), over P = min(pairs, the evaluation split's size) view pairs of data.eval_split,
+  made with the training views seeded by OBJECTIVE_SEED (the same pairs for every run and
+  method), BatchNorm in inference mode. Returns (L_val, P). The outcome study's primary
+  endpoint (docs/study_preregistration.md).
+  """
+  strategy = strategy or tf.distribute.get_strategy()
+  size = data.source.epoch_size(data.eval_split, None)
+  pairs = min(pairs, size) if size else pairs
+  views = data.pretrain_dataset(batch_size, seed=OBJECTIVE_SEED, split=data.eval_split)
+  views = views.take(-(-pairs // batch_size))
+  projected = _Projected(encoder, projector)
+  cache = {}
+  z1, _ = extract_features(projected, views.map(lambda v, y: (v[0], y)), strategy, cache)
+  z2, _ = extract_features(projected, views.map(lambda v, y: (v[1], y)), strategy, cache)
+  z1, z2 = z1[:pairs].astype(np.float64), z2[:pairs].astype(np.float64)
+  dots = z1 @ z2.T
+  n = len(z1)
+  attract = -2.0 * np.trace(dots) / n
+  repel = (np.sum(dots ** 2) - np.sum(np.diag(dots) ** 2)) / (n * (n - 1.0))
+  return float(attract + repel), n
+
+
+class _Projected:
+  """encoder then projector, as one callable for extract_features (float32 out: a bf16
+  policy's outputs are cast before the objective's sums)."""
+
+  def __init__(self, encoder, projector):
+    self.encoder, self.projector = encoder, projector
+
+  def __call__(self, x, training=False):
+    z = self.projector(self.encoder(x, training=training), training=training)
+    return tf.cast(z, tf.float32)
+
+
 @gin.configurable
 def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch_size=1024,
                  learning_rate=1e-2, l2=1e-4, seed=0):
@@ -205,12 +249,15 @@ RAW_PIXEL_MAX_FEATURES = 16384
 
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
-                      strategy=None, report_test=False, linear_eval=False):
+                      strategy=None, report_test=False, linear_eval=False, projector=None,
+                      objective_pairs=0):
   """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
   are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
   on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration.
   linear_eval: also the BYOL linear-evaluation protocol (offline_linear_eval) on the frozen
-  encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test)."""
+  encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test).
+  objective_pairs (with the model's projector): also spectral_objective over that many
+  evaluation-split pairs, 'val_objective' (and 'val_objective_pairs', the pairs it read)."""
   strategy = strategy or tf.distribute.get_strategy()
   start = time.time()
   train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
@@ -248,6 +295,9 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
       out['raw_pixel_note'] = (f'skipped: {size} values per image (more than '
                                f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
                                'training images as features')
+  if objective_pairs:
+    out['val_objective'], out['val_objective_pairs'] = spectral_objective(
+        encoder, projector, data, objective_pairs, batch_size, strategy)
   out['eval_split'] = data.eval_split
   out['eval_wall_time_s'] = round(time.time() - start, 1)
   if linear_eval:

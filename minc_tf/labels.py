@@ -5,6 +5,7 @@ study.py names its variants with these; tables.py reads the structure back out o
   sweep   'minc decay=0.99 B=64', 'spectral k=256'     (sweep_label / parse_sweep)
   screen  'BYOL lr=0.001'                               (screen_label / parse_screen)
   final   'BYOL (lr 0.001, final)'                      (final_label / parse_final)
+  cell    'Spectral B=16 (lr 0.001)'                    (cell_label / parse_cell)
 """
 
 import re
@@ -12,6 +13,7 @@ import re
 _SWEEP = re.compile(r'(minc decay=(\S+)|spectral) ([Bk])=(\d+)$')
 _SCREEN = re.compile(r'(.+) lr=(\S+)$')
 _FINAL = re.compile(r'(.+) \(lr (\S+), final\)$')
+_CELL = re.compile(r'(.+) B=(\d+) \(lr (\S+)\)$')
 _AXES = {'batch': 'B', 'width': 'k'}
 
 
@@ -47,3 +49,14 @@ def parse_final(label):
   """(method label, lr) of a final's label, else None."""
   m = _FINAL.match(label)
   return (m.group(1), float(m.group(2))) if m else None
+
+
+def cell_label(arm, batch_size, lr):
+  """An outcome study's run of `arm` at global batch `batch_size` and its screened lr."""
+  return f'{arm} B={batch_size} (lr {lr:g})'
+
+
+def parse_cell(label):
+  """(arm, batch size, lr) of a cell label, else None."""
+  m = _CELL.match(label)
+  return (m.group(1), int(m.group(2)), float(m.group(3))) if m else None

@@ -24,6 +24,7 @@ from minc_tf import files
 from minc_tf import gin_internals
 from minc_tf import labels
 from minc_tf import monitor
+from minc_tf import outcome
 from minc_tf import run_dir
 from minc_tf import schema
 from minc_tf import tables
@@ -131,7 +132,7 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
               widths=(64, 256, 1024, 2048), sweep_batch_size=64, minc_decays=(0.0, 0.99),
               pretrain_pairs=None, table_path=None, baselines_once=True, pretrain_steps=200,
               num_batches=32, variance_batch_size=256, methods=None, learning_rates=(),
-              allow_config_change=False, command_line=((), ()), reuse_model_dir=False):
+              screen_batch_size=64, max_learning_rate=6.4e-2, allow_config_change=False, command_line=((), ()), reuse_model_dir=False):
   """Runs every variant of study `name` for every seed and writes the table (mean +- std over
   the seeds). A finished run (its bindings unchanged) is read back, not rerun.
 
@@ -140,7 +141,11 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     `sweep_batch_size`; pretrain_pairs: the same view pairs per run), 'variance', or any name
     with `variants` ({label: [bindings]}); 'methods': each of `methods` ({label: [bindings]})
     at each of `learning_rates` on validation at the first seed, then each at its best rate at
-    every seed with the test split scored (run.report_test).
+    every seed with the test split scored (run.report_test); 'outcome': the registered test
+    of docs/study_preregistration.md: each arm of `methods` screened over `learning_rates` at
+    `screen_batch_size` (the first seed, lowest validation Spectral objective; a best rate at
+    the top of the grid extends it by doubling up to max_learning_rate), then run at its rate
+    at each of `batch_sizes` for every seed (outcome.py reads the contrasts).
   Every run parses base_gin_files and the command line's gin files (command_line, from main),
   then common_bindings, the variant's bindings, `run.seed = s` and the command line's bindings,
   which may not set what a variant sets (an error); a run.seed on the command line (file or
@@ -181,15 +186,17 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
       tables.write_variance(model_dir, rows, table_path)
     return [{'variant': f"{r['method']} {r['stage']} B={r['batch_size']} seed={r['seed']}",
              'probe_top1': r['noise_to_signal']} for r in rows]
-  if name == 'methods':
+  if name in ('methods', 'outcome'):
     variants = _learning_rate_grid(methods, learning_rates)
   else:
     variants = study_variants(name, variants, batch_sizes, widths, sweep_batch_size,
                               minc_decays, pretrain_pairs)
   varied = {monitor.binding_key(b) for bindings in list(variants.values()) + list(
       (methods or {}).values()) for b in bindings}
-  if name == 'methods':
+  if name in ('methods', 'outcome'):
     varied.add('build_optimizer.base_lr')
+  if name == 'outcome':
+    varied.add('run.global_batch_size')
   clashes = sorted(varied & command_line_keys)
   if clashes:
     raise UserError(f'The command line sets {", ".join(clashes)}, which the variants of study '
@@ -244,6 +251,9 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
           tables.write(model_dir, name, rows, table_path, shown['configuration'])
     return True
 
+  if name == 'outcome':
+    return _outcome(run_all, rows, methods, learning_rates, batch_sizes, screen_batch_size,
+                    seeds, max_learning_rate)
   if name != 'methods':
     run_all(variants, seeds)
     return rows
@@ -258,6 +268,35 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
     best = tables.best(screened)
     finals[labels.final_label(label, best)] = list(bindings) + [
         f'build_optimizer.base_lr = {best!r}']
+  run_all(finals, seeds, extra=['run.report_test = True'])
+  return rows
+
+
+def _outcome(run_all, rows, arms, learning_rates, batch_sizes, screen_batch_size, seeds,
+             max_learning_rate):
+  """The outcome study's screen, then its cells (run_study, name='outcome')."""
+  if not batch_sizes:
+    raise UserError('The outcome study needs run_study.batch_sizes (e.g. (16, 64, 256)).')
+
+  def at(bindings, batch_size, lr):
+    return list(bindings) + [f'run.global_batch_size = {batch_size}',
+                             f'build_optimizer.base_lr = {lr!r}']
+
+  chosen = {}
+  for arm, bindings in arms.items():
+    rates, todo = [], sorted(learning_rates)
+    while todo:
+      screen = {labels.screen_label(arm, lr): at(bindings, screen_batch_size, lr) for lr in todo}
+      if not run_all(screen, seeds[:1], baselines=False):
+        return rows
+      rates += todo
+      best = outcome.lowest({lr: r.get(outcome.ENDPOINT) for r in rows for lr in rates
+                             if r['variant'] == labels.screen_label(arm, lr)})
+      # The best rate at the top of the grid: the optimum may lie above it (registered).
+      todo = [best * 2] if best == max(rates) and best * 2 <= max_learning_rate else []
+    chosen[arm] = best
+  finals = {labels.cell_label(arm, b, chosen[arm]): at(bindings, b, chosen[arm])
+            for arm, bindings in arms.items() for b in batch_sizes}
   run_all(finals, seeds, extra=['run.report_test = True'])
   return rows
 

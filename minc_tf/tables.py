@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from minc_tf import files
 from minc_tf import labels
+from minc_tf import outcome
 from minc_tf import plots
 from minc_tf import schema
 from minc_tf.errors import UserError
@@ -307,6 +308,8 @@ def write(model_dir, name, rows, table_path, operative):
   files.write(os.path.join(model_dir, f'{name}.json'), json.dumps(rows, indent=2))
   differences = sweep_differences(rows)
   lines = _methods_lines(rows) if name == 'methods' else []
+  if name == 'outcome':
+    lines = outcome.lines(rows)
   if lines:
     lines += ['\nEvery run, one row per variant:\n']
   # A sweep pairs within its cells; the methods' runs are paired in the finals' table.

@@ -78,7 +78,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         steps_per_execution=1, jit_compile=False, mixed_precision=None, seed=None,
         deterministic=False, augment_on_device=False, verbose=1,
         eval_batch_size=512, eval_train_examples=None, eval_test_examples=None, baselines=True,
-        knn=True, report_test=False, offline_linear_eval=False, tensorboard_update_freq=100,
+        knn=True, report_test=False, offline_linear_eval=False, objective_pairs=0,
+        tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
         checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
         max_weight_growth=1e4, allow_config_change=False, reuse_model_dir=False):
@@ -107,6 +108,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   offline_linear_eval: also run the BYOL linear-evaluation protocol (evaluate.
     offline_linear_eval, its settings in gin) on the frozen encoder: 'linear_eval_top1' (and
     'test_linear_eval_top1' with report_test).
+  objective_pairs: also the validation Spectral objective of the encoder + projector over that
+    many fixed view pairs of the evaluation split (evaluate.spectral_objective; 0: off).
   feature_rank_every_steps / feature_rank_per_epoch / feature_rank_images: the effective rank
     of the encoder's features on that many evaluation-split images is logged at the start and every so
     many steps (None: feature_rank_per_epoch times an epoch), to TensorBoard and to
@@ -142,6 +145,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
        one_of((None, 'float32', 'mixed_float16', 'mixed_bfloat16'))),
       ('seed', seed, int_at_least(0, optional=True)),
       ('eval_batch_size', eval_batch_size, int_at_least(1)),
+      ('objective_pairs', objective_pairs, int_at_least(0)),
       ('eval_train_examples', eval_train_examples, int_at_least(1, optional=True)),
       ('eval_test_examples', eval_test_examples, int_at_least(1, optional=True)),
       ('tensorboard_update_freq', tensorboard_update_freq, int_at_least(1)),
@@ -185,7 +189,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       results['eval_step'] = job.checkpointer.step
       results.update(evaluate.evaluate_encoders(
           job.model.encoder, job.data, eval_batch_size, eval_train_examples, eval_test_examples,
-          baselines, knn, strategy, report_test, linear_eval=offline_linear_eval))
+          baselines, knn, strategy, report_test, linear_eval=offline_linear_eval,
+          projector=job.model.projector, objective_pairs=objective_pairs))
     if mode in TRAINING:
       title = f'{job.model.method.name}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
       if 'probe_top1' in results:

@@ -1,0 +1,146 @@
+"""The registered outcome test (docs/study_preregistration.md), read from an outcome study's rows.
+
+Per arm a and seed s, D_a(s) = L_val(B_small) - L_val(B_large): what the small batch costs in the
+validation Spectral objective (evaluate.spectral_objective; lower is better, so D > 0 is a loss).
+Against the reference arm r (the first), Delta_a(s) = D_r(s) - D_a(s): positive when arm a loses
+less. H1 for arm a is supported when mean Delta > 0, the one-sided paired t-test gives p < alpha
+(ALPHA: 0.05 Bonferroni-corrected over the two registered MINC arms) and Delta > 0 on every seed; rejected when mean
+Delta <= 0; otherwise inconclusive.
+"""
+
+import math
+
+import numpy as np
+
+from minc_tf import labels
+from minc_tf.errors import UserError
+
+ENDPOINT = 'val_objective'
+# Registered: two MINC arms tested against Spectral, Bonferroni (0.05 / 2), however many run.
+ALPHA = 0.05 / 2
+
+
+def lowest(scores):
+  """The learning rate with the lowest finite endpoint (ties: the lower rate)."""
+  finite = {lr: v for lr, v in scores.items()
+            if isinstance(v, (int, float)) and np.isfinite(v)}
+  if not finite:
+    raise UserError(f'Every screened run diverged or has no {ENDPOINT} ({scores}). Fix: lower '
+                    'run_study.learning_rates, and bind run.objective_pairs (e.g. 4096).')
+  return min(sorted(finite), key=finite.get)
+
+
+def t_upper_tail(t, df):
+  """P(T > t) for Student's t with `df` degrees of freedom (Simpson's rule on the density)."""
+  x = np.linspace(0.0, abs(t), 20001)
+  log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+  pdf = np.exp(log_c - (df + 1) / 2 * np.log1p(x ** 2 / df))
+  h = x[1] - x[0] if len(x) > 1 else 0.0
+  area = h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
+  return 0.5 - area if t >= 0 else 0.5 + area
+
+
+def paired_test(deltas, alpha):
+  """{'mean', 'std', 'n', 't', 'p', 'decision'} of one-sided paired differences (H1: mean > 0)."""
+  d = np.asarray(deltas, np.float64)
+  out = {'n': len(d), 'mean': float(d.mean()) if len(d) else None,
+         'std': float(d.std(ddof=1)) if len(d) > 1 else None, 't': None, 'p': None}
+  if len(d) < 2:
+    out['decision'] = 'not tested (fewer than 2 seeds)'
+    return out
+  if out['std'] > 0:
+    out['t'] = out['mean'] / (out['std'] / math.sqrt(len(d)))
+    out['p'] = t_upper_tail(out['t'], len(d) - 1)
+  else:
+    out['p'] = 0.0 if out['mean'] > 0 else 1.0
+  if out['mean'] <= 0:
+    out['decision'] = 'rejected'
+  elif out['p'] < alpha and (d > 0).all():
+    out['decision'] = 'supported'
+  else:
+    out['decision'] = 'inconclusive'
+  return out
+
+
+def cells(rows):
+  """{arm: {batch size: {seed: row}}} of the rows with cell labels, arms in order."""
+  out = {}
+  for r in rows:
+    parsed = labels.parse_cell(r['variant'])
+    if parsed:
+      out.setdefault(parsed[0], {}).setdefault(parsed[1], {})[r.get('seed')] = r
+  return out
+
+
+def analysis(rows, alpha=ALPHA):
+  """The registered contrasts: {'small', 'large', 'alpha', 'arms': {arm: {'D': {seed: D},
+  'test': paired_test of Delta (None for the reference)}}}; None before any arm has both
+  batch sizes."""
+  by_arm = cells(rows)
+  sizes = sorted({b for per in by_arm.values() for b in per})
+  if len(sizes) < 2:
+    return None
+  small, large = sizes[0], sizes[-1]
+  reference = next(iter(by_arm))
+  corrected = alpha
+  out = {'small': small, 'large': large, 'alpha': corrected, 'reference': reference, 'arms': {}}
+  for arm, per in by_arm.items():
+    seeds = sorted(set(per.get(small, {})) & set(per.get(large, {})))
+    out['arms'][arm] = {'D': {s: per[small][s][ENDPOINT] - per[large][s][ENDPOINT]
+                              for s in seeds
+                              if ENDPOINT in per[small][s] and ENDPOINT in per[large][s]}}
+  ref = out['arms'][reference]['D']
+  for arm, entry in out['arms'].items():
+    if arm == reference:
+      entry['test'] = None
+      continue
+    shared = sorted(set(ref) & set(entry['D']))
+    entry['Delta'] = {s: ref[s] - entry['D'][s] for s in shared}
+    entry['test'] = paired_test([entry['Delta'][s] for s in shared], corrected)
+  return out
+
+
+def _pm(values, digits=4):
+  values = [v for v in values if isinstance(v, (int, float))]
+  if not values:
+    return '-'
+  if len(values) == 1:
+    return f'{values[0]:.{digits}f}'
+  return f'{np.mean(values):.{digits}f} +- {np.std(values, ddof=1):.{digits}f}'
+
+
+def lines(rows, alpha=ALPHA):
+  """Markdown: the cells (endpoint and probe, mean +- std over seeds), then the registered
+  test per arm; [] before the first cell."""
+  by_arm = cells(rows)
+  if not by_arm:
+    return []
+  sizes = sorted({b for per in by_arm.values() for b in per})
+  out = ['| arm | lr | ' + ' | '.join(f'L_val B={b}' for b in sizes) + ' | ' +
+         ' | '.join(f'probe B={b}' for b in sizes) + ' |',
+         '|---|---|' + '---|' * (2 * len(sizes))]
+  for arm, per in by_arm.items():
+    lr = next(labels.parse_cell(r['variant'])[2] for b in per for r in per[b].values())
+    endpoint = [_pm([r.get(ENDPOINT) for r in per.get(b, {}).values()]) +
+                f" (n={len(per.get(b, {}))})" for b in sizes]
+    probe = [_pm([r.get('probe_top1') for r in per.get(b, {}).values()], 2) for b in sizes]
+    out.append(f'| {arm} | {lr:g} | ' + ' | '.join(endpoint + probe) + ' |')
+  out.append('\nL_val: the validation Spectral objective (lower is better); probe: validation '
+             'linear-probe top-1 (%); mean +- sample std over the seeds (n of them).')
+  result = analysis(rows, alpha)
+  if result:
+    out += [f"\nThe registered test: D = L_val(B={result['small']}) - L_val(B={result['large']}) "
+            f"per seed; Delta = D({result['reference']}) - D(arm), one-sided paired t-test, "
+            f"alpha {result['alpha']:.3g} (Bonferroni):\n",
+            '| arm | seeds | D | Delta | t | p | decision |', '|---|---|---|---|---|---|---|']
+    for arm, entry in result['arms'].items():
+      test = entry['test']
+      d = _pm(list(entry['D'].values()))
+      if test is None:
+        out.append(f"| {arm} (reference) | {len(entry['D'])} | {d} | - | - | - | - |")
+        continue
+      t = '-' if test['t'] is None else f"{test['t']:.2f}"
+      p = '-' if test['p'] is None else f"{test['p']:.3g}"
+      out.append(f"| {arm} | {test['n']} | {d} | {_pm(list(entry['Delta'].values()))} | {t} | "
+                 f"{p} | {test['decision']} |")
+  return out
