@@ -222,3 +222,39 @@ def test_report_test_scores_the_same_probe_on_the_test_split():
   assert with_baselines['test_raw_pixel_top1'] == evaluate.linear_probe(
       *pixels['train'], *pixels['test'], 2)
   assert 0 < with_baselines['test_random_init_top1'] <= 100
+
+
+@pytest.mark.parametrize('distributed', [False, True])
+def test_spectral_objective_is_the_u_statistic_of_fixed_evaluation_pairs(distributed, mirrored):
+  """The objective equals losses.spectral_contrastive_loss (no clip) on the projected views of
+  the evaluation split made with OBJECTIVE_SEED, BatchNorm in inference mode; the same pairs
+  on every call and on 2 replicas; P capped at the split's size."""
+  from minc_tf import losses
+  data = brightness_data()
+  strategy = mirrored if distributed else tf.distribute.get_strategy()
+  with strategy.scope():
+    enc = small_encoder()
+    proj = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+  # Moving statistics far from a batch's: inference and training mode disagree.
+  bn = enc.layers[1]
+  bn.moving_mean.assign(bn.moving_mean - 0.5)
+  bn.moving_variance.assign(bn.moving_variance * 0.25)
+  value, pairs = evaluate.spectral_objective(enc, proj, data, 100, 32, strategy)
+  assert pairs == 100
+
+  def reference(split, training=False, n=100):
+    views = data.pretrain_dataset(32, seed=evaluate.OBJECTIVE_SEED, split=split).take(4)
+    z = [[], []]
+    for (v1, v2), _ in views:
+      for i, v in enumerate((v1, v2)):
+        z[i].append(proj(enc(v, training=training), training=training))
+    z1, z2 = (tf.concat(zi, 0)[:n] for zi in z)
+    return float(losses.spectral_contrastive_loss(z1, z2, mu=None))
+
+  np.testing.assert_allclose(value, reference('test'), rtol=1e-5)
+  assert abs(value - reference('train')) > 1e-3 * abs(value)  # the evaluation split's views
+  assert evaluate.spectral_objective(enc, proj, data, 100, 32, strategy) == (value, pairs)
+  _, capped = evaluate.spectral_objective(enc, proj, data, 10 ** 6, 32, strategy)
+  assert capped == 128  # the split's size
+  # Last: a training-mode call moves BatchNorm's statistics.
+  assert abs(value - reference('test', training=True)) > 1e-3 * abs(value)  # inference mode

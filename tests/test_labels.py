@@ -17,3 +17,12 @@ def test_screen_and_final_labels_round_trip():
   assert labels.parse_final(labels.final_label('MINC (ours)', 2e-3)) == ('MINC (ours)', 2e-3)
   assert labels.parse_final(labels.screen_label('BYOL', 1e-3)) is None
   assert labels.parse_screen('spectral k=256') is None
+
+
+def test_cell_labels_round_trip_and_are_told_from_the_others():
+  label = labels.cell_label('MINC queue H=4096', 16, 2e-3)
+  assert label == 'MINC queue H=4096 B=16 (lr 0.002)'
+  assert labels.parse_cell(label) == ('MINC queue H=4096', 16, 2e-3)
+  assert labels.parse_cell(labels.screen_label('Spectral', 1e-3)) is None
+  assert labels.parse_cell(labels.final_label('Spectral', 1e-3)) is None
+  assert labels.parse_sweep(label) is None and labels.parse_final(label) is None

@@ -317,3 +317,41 @@ def test_a_macro_that_sets_a_defining_value_names_the_run():
   with_macro = lambda epochs: _run_name([f'EPOCHS = {epochs}', 'run.epochs = %EPOCHS'])  # noqa
   assert with_macro(100) != with_macro(300)
   assert with_macro(100) == with_macro(100)
+
+
+def test_outcome_study_screens_on_the_objective_extends_a_winning_top_then_runs_every_cell(
+    tmp_path, monkeypatch):
+  """Each arm is screened at the screen batch on the lowest val_objective (a best rate at the
+  top of the grid adds its double, up to max_learning_rate), then runs at its rate at every
+  batch size and seed with run.report_test on; the registered contrast is in the table."""
+  from minc_tf import train
+  calls = []
+  best = {'spectral': 2e-3, 'minc': 8e-3}  # minc's optimum lies above its grid
+
+  def fake_run(mode, model_dir, strategy, allow_config_change=False):
+    lr = gin.get_bindings('build_optimizer')['base_lr']
+    method = gin.get_bindings('build_model')['method']
+    b = gin.get_bindings('run')['global_batch_size']
+    calls.append((method, lr, b, gin.get_bindings('run')['seed'],
+                  gin.get_bindings('run').get('report_test', False)))
+    return {'val_objective': abs(np.log2(lr / best[method])) + (16 / b if method == 'spectral'
+                                                                else 0.0),
+            'probe_top1': 70.0}
+  monkeypatch.setattr(train, 'run', fake_run)
+  config.parse_gin([], ['run_study.name = "outcome"', 'run_study.seeds = (0, 1)',
+                        'run_study.learning_rates = (1e-3, 2e-3, 4e-3)',
+                        'run_study.batch_sizes = (16, 256)', 'run_study.screen_batch_size = 64',
+                        'run_study.max_learning_rate = 1e-2',
+                        'run_study.methods = {"S": ["build_model.method = \'spectral\'"], '
+                        '"M": ["build_model.method = \'minc\'"]}'])
+  rows = study.run_study(str(tmp_path), tf.distribute.get_strategy())
+  screen = [('spectral', lr, 64, 0, False) for lr in (1e-3, 2e-3, 4e-3)] + [
+      ('minc', lr, 64, 0, False) for lr in (1e-3, 2e-3, 4e-3, 8e-3)]  # 1.6e-2 > the cap
+  finals = [(m, best[m], b, s, True) for s in (0, 1) for m in ('spectral', 'minc')
+            for b in (16, 256)]
+  assert calls == screen + finals
+  table = (tmp_path / 'outcome.md').read_text()
+  # Spectral loses 16/16 - 16/256 = 0.9375 of objective per seed, MINC nothing: Delta > 0 on
+  # both seeds with no spread.
+  assert '| M | 2 | 0.0000 +- 0.0000 | 0.9375 +- 0.0000 |' in table and 'supported' in table
+  assert [r['variant'] for r in rows[-2:]] == ['M B=16 (lr 0.008)', 'M B=256 (lr 0.008)']
