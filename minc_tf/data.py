@@ -266,7 +266,7 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
   require('load_data.std', std, (lambda v: v is None or positive[0](v) or each(positive)[0](v),
                                  'None, a number > 0 or a list of numbers > 0 (per channel)'))
   if name == 'image_folder':
-    files, classes = sources.folder_source(image_dir, on_corrupt, eval_every)
+    files, classes = sources.folder_source(image_dir, on_corrupt, eval_every, channels)
     default_mean, default_std = ((augment.IMAGENET_MEAN, augment.IMAGENET_STD) if channels == 3
                                  else ((0.5,), (0.5,)))
     return ImageData(name, image_size, channels, len(classes), len(files['train'][1]),

@@ -220,6 +220,14 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   return top1 if splits is not None else top1[0]
 
 
+def settings(name):
+  """{parameter: value} of this module's configurable `name` as gin binds it (defaults
+  filled in)."""
+  values = {p.name: p.default for p in inspect.signature(globals()[name]).parameters.values()}
+  values.update(gin.get_bindings(name))
+  return values
+
+
 def check_settings():
   """Checks the evaluation settings bound in gin, so that a bad one stops the run before
   pretraining rather than after it (these functions are only called at the end)."""
@@ -236,9 +244,7 @@ def check_settings():
           'eval_batch_size': int_at_least(1, optional=True)},
   }
   for name, checks in table.items():
-    fn = globals()[name]
-    values = {p.name: p.default for p in inspect.signature(fn).parameters.values()}
-    values.update(gin.get_bindings(name))
+    values = settings(name)
     for param, check in checks.items():
       require(f'{name}.{param}', values[param], check)
 

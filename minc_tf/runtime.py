@@ -10,6 +10,7 @@ import tempfile
 import gin
 import tensorflow as tf
 
+from minc_tf import evaluate
 from minc_tf.errors import UserError
 
 
@@ -60,9 +61,8 @@ def check_host_memory(model, strategy, global_batch_size):
     devices = [accelerators[0].name if accelerators else 'CPU:0']
   if not all('CPU' in d.upper() for d in devices):
     return
-  try:
-    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  except (ValueError, OSError, AttributeError):  # not a POSIX host: no estimate
+  ram = host_ram()
+  if ram is None:  # not a POSIX host: no estimate
     return
   per_example = sum(math.prod(d or 1 for d in layer.output.shape[1:])
                     for net in (model.encoder, model.projector) for layer in net.layers)
@@ -74,6 +74,54 @@ def check_host_memory(model, strategy, global_batch_size):
                     f'{ram / 2 ** 30:.0f} GiB of memory. Fix: lower run.global_batch_size to at '
                     f'most {max(int(global_batch_size * ram / need), 1)}, or use a smaller '
                     'encoder.')
+
+
+def host_ram():
+  """This host's physical memory in bytes, None where the OS does not say."""
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def evaluation_bytes(feature_dim, num_train, num_held_out, pixels, baselines, knn_chunk):
+  """Host bytes the frozen-feature evaluation holds at its peak (float32): the encoder's
+  training features (kept while the baselines run) and the probe's standardised copy, the
+  held-out features, kNN's similarities of one chunk of queries, and, with baselines, the same
+  for the raw pixels (pixels values per image; 0 when they are not probed)."""
+  def probe(dim):
+    return 4 * dim * (2 * num_train + 2 * num_held_out)
+  need = probe(feature_dim) + (8 * knn_chunk * num_train if knn_chunk else 0)
+  if baselines:
+    need += 4 * feature_dim * num_train + max(probe(feature_dim), probe(pixels))
+  return need
+
+
+def check_evaluation_memory(feature_dim, data, max_train, max_test, baselines, knn,
+                            report_test):
+  """Stops, before pretraining, a run whose evaluation could not fit in this host's memory
+  (it would die after the whole pretraining, TensorFlow on CPU with a segfault)."""
+  ram = host_ram()
+  if ram is None:
+    return
+  def size(split, cap):
+    n = data.source.epoch_size(split, None) if split else 0
+    return min(n or 0, cap or math.inf)
+  num_train = size(data.train_split, max_train) or min(data.num_train, max_train or math.inf)
+  held = size(data.eval_split, max_test) + (size(data.test_split, max_test) if report_test else 0)
+  pixels = math.prod(data.image_shape)
+  pixels = pixels if pixels <= evaluate.RAW_PIXEL_MAX_FEATURES else 0
+  chunk = evaluate.settings('knn_accuracy')['chunk'] if knn else 0
+  need = evaluation_bytes(feature_dim, num_train, held, pixels, baselines, chunk)
+  if need > ram:
+    raise UserError(
+        f'The evaluation would hold about {need / 2 ** 30:.1f} GiB of features ({num_train} '
+        f'training and {held} held-out images, {feature_dim} features each'
+        f'{", and their raw pixels" if baselines and pixels else ""}) on a host with '
+        f'{ram / 2 ** 30:.1f} GiB, after the whole pretraining. Fix: bind '
+        'run.eval_train_examples to a cap (e.g. '
+        f'{max(int(num_train * ram / need / 2), 1)}), run.baselines = False, or evaluate on a '
+        'larger host (--mode=eval on the finished model dir).')
 
 
 def worker_dir(strategy, model_dir):

@@ -7,6 +7,8 @@ resumable views. The readers that build sources (IDX files, image folders) live 
 """
 
 import gzip
+import hashlib
+import json
 import os
 import shutil
 import zlib
@@ -297,58 +299,174 @@ def imagenet_help(name, data_dir):
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
 
-def _scan_folder(root, on_corrupt):
-  """{class name: [valid image paths]} for root/<class>/<image>, checking every file decodes."""
-  classes = sorted(d for d in tf.io.gfile.listdir(root) if tf.io.gfile.isdir(os.path.join(root, d)))
-  found, bad = {}, []
-  for cls in classes:
-    cls = cls.rstrip('/')
-    for fname in sorted(tf.io.gfile.listdir(os.path.join(root, cls))):
-      path = os.path.join(root, cls, fname)
-      if tf.io.gfile.isdir(path):
-        continue
-      try:
-        if not fname.lower().endswith(IMAGE_EXTENSIONS):
-          raise ValueError('not an image file extension')
-        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-      except (ValueError, tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-        if on_corrupt == 'fail':
-          raise UserError(f'{path} is not a readable image ({e.__class__.__name__}). Fix: '
-                          'remove or replace the file, or bind '
-                          "load_data.on_corrupt='skip' to skip such files.") from None
-        bad.append(path)
-        continue
-      found.setdefault(cls, []).append(path)
+def manifest_path(root):
+  """Where the check of folder `root` is remembered: $MINC_TF_CACHE (default ~/.cache/minc_tf)
+  /folders/<hash of the folder's path>.json, on this host (the folder may be read-only)."""
+  cache = os.environ.get('MINC_TF_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                          'minc_tf')
+  key = hashlib.sha1(root.rstrip('/').encode()).hexdigest()[:16]
+  return os.path.join(cache, 'folders', f'{key}.json')
+
+
+def _listing(root):
+  """{class: [file paths]} of root/<class>/<file>, and the files directly in root."""
+  per_class, loose = {}, []
+  for name in sorted(tf.io.gfile.listdir(root)):
+    path = os.path.join(root, name.rstrip('/'))
+    if tf.io.gfile.isdir(path):
+      per_class[name.rstrip('/')] = [os.path.join(path, f) for f in
+                                     sorted(tf.io.gfile.listdir(path))
+                                     if not tf.io.gfile.isdir(os.path.join(path, f))]
+    else:
+      loose.append(path)
+  return per_class, loose
+
+
+def _check_images(paths, on_corrupt, manifest):
+  """{path: [height, width, channels]} of the readable images among `paths`. A file is decoded
+  once: `manifest` ({path: [bytes, mtime, shape or None]}) remembers it while its size and
+  modification time stay the same."""
+  good, bad = {}, []
+  for path in paths:
+    stat = tf.io.gfile.stat(path)
+    key = [int(stat.length), int(stat.mtime_nsec)]
+    seen = manifest.get(path)
+    if seen is not None and seen[:2] == key:
+      shape = seen[2]
+    else:
+      shape = None
+      if path.lower().endswith(IMAGE_EXTENSIONS):
+        try:
+          shape = [int(d) for d in tf.io.decode_image(tf.io.read_file(path),
+                                                      expand_animations=False).shape]
+        except (ValueError, tf.errors.InvalidArgumentError, tf.errors.OpError):
+          pass
+      manifest[path] = key + [shape]
+    if shape is None:
+      if on_corrupt == 'fail':
+        raise UserError(f'{path} is not a readable image (extensions: '
+                        f'{", ".join(IMAGE_EXTENSIONS)}). Fix: remove or replace the file, or '
+                        "bind load_data.on_corrupt='skip' to skip such files.")
+      bad.append(path)
+      continue
+    good[path] = shape
+  return good, bad
+
+
+def _describe(root, shapes, bad, channels):
+  """One line on what the folder holds; warnings where the run will change the images."""
+  if not shapes:
+    return
+  heights, widths, chans = (np.array([s[i] for s in shapes]) for i in range(3))
+  counts = {int(c): int((chans == c).sum()) for c in np.unique(chans)}
+  logging.info('%s: %d images, %dx%d to %dx%d pixels (height x width), channels %s%s.', root,
+               len(shapes), heights.min(), widths.min(), heights.max(), widths.max(), counts,
+               f', {len(bad)} unreadable skipped' if bad else '')
   if bad:
-    logging.warning('Skipped %d unreadable or non-image files under %s, e.g. %s', len(bad), root,
-                    bad[0])
-  return found, bad
+    logging.warning('Skipped %d unreadable or non-image files under %s, e.g. %s', len(bad),
+                    root, bad[0])
+  other = {c: n for c, n in counts.items() if c != channels}
+  if other:
+    logging.warning('%s: %s of its images have other channel counts than load_data.channels = '
+                    '%d (%s): they are converted (RGB to grey, grey repeated, alpha dropped).',
+                    root, sum(other.values()), channels, other)
+  tiny = int((np.minimum(heights, widths) < 8).sum())
+  if tiny:
+    logging.warning('%s: %d images have a side below 8 pixels; their crops are upsampled '
+                    'blur.', root, tiny)
 
 
-def folder_source(image_dir, on_corrupt, eval_every):
+def _scan(root, on_corrupt, channels, manifest, unlabelled_ok):
+  """{class: [readable image paths]} of root/<class>/<image>, or {'': paths} for a flat folder
+  of unlabelled images (when unlabelled_ok)."""
+  per_class, loose = _listing(root)
+  images_here = [p for p in loose if p.lower().endswith(IMAGE_EXTENSIONS)]
+  if images_here and any(per_class.values()):
+    raise UserError(f'{root} holds both images ({images_here[0]}, ...) and class folders '
+                    f'({", ".join(sorted(per_class)[:3])}, ...). Fix: move the loose images '
+                    'into a class folder, or point load_data.image_dir at a folder of one kind.')
+  if images_here:
+    if not unlabelled_ok:
+      raise UserError(f'{root} holds images but no class folders. Fix: put each class\'s '
+                      f'images in {root}/<class>/.')
+    per_class = {'': loose}
+  found, bad, shapes = {}, [], []
+  for cls, paths in per_class.items():
+    good, skipped = _check_images(paths, on_corrupt, manifest)
+    bad += skipped
+    shapes += list(good.values())
+    if good:
+      found[cls] = list(good)
+  _describe(root, shapes, bad, channels)
+  return found
+
+
+def folder_source(image_dir, on_corrupt, eval_every, channels=3):
   """{split: (paths, labels)}, class names. Uses image_dir/train and image_dir/validation (or
-  val / test) when present; else every `eval_every`-th image of each class is held out."""
+  val / test) when present; else every `eval_every`-th image of each class is held out. A flat
+  folder of images is unlabelled: class names [] (pretraining only). Every file is decoded once
+  per change (the manifest at manifest_path(image_dir)), not at every launch."""
   if not image_dir or not tf.io.gfile.isdir(image_dir):
     raise UserError(f'The image folder {image_dir!r} does not exist. Fix: bind '
                     "load_data.image_dir='<dir>' to a folder with one sub-folder of images per "
-                    'class.')
+                    'class (or a folder of unlabelled images, to pretrain only).')
+  where = manifest_path(image_dir)
+  manifest = _read_manifest(where)
   subdirs = set(d.rstrip('/') for d in tf.io.gfile.listdir(image_dir))
   eval_name = next((d for d in ('validation', 'val', 'test') if d in subdirs), None)
   if 'train' in subdirs and eval_name:
-    per_split = {'train': _scan_folder(os.path.join(image_dir, 'train'), on_corrupt)[0],
-                 'validation': _scan_folder(os.path.join(image_dir, eval_name), on_corrupt)[0]}
+    per_split = {'train': _scan(os.path.join(image_dir, 'train'), on_corrupt, channels,
+                                manifest, unlabelled_ok=False),
+                 'validation': _scan(os.path.join(image_dir, eval_name), on_corrupt, channels,
+                                     manifest, unlabelled_ok=False)}
+    missing = sorted(set(per_split['validation']) - set(per_split['train']))
+    if missing:
+      raise UserError(f'{image_dir}/{eval_name} has classes with no training images in '
+                      f'{image_dir}/train: {", ".join(missing[:5])}. Fix: add their training '
+                      f'images, or remove them from {eval_name}/ (a probe cannot learn them).')
   else:
-    found = _scan_folder(image_dir, on_corrupt)[0]
-    per_split = {'train': {c: [p for i, p in enumerate(ps) if i % eval_every] for c, ps in found.items()},
+    found = _scan(image_dir, on_corrupt, channels, manifest, unlabelled_ok=True)
+    per_split = {'train': {c: [p for i, p in enumerate(ps) if i % eval_every]
+                           for c, ps in found.items()},
                  'validation': {c: ps[::eval_every] for c, ps in found.items()}}
-  classes = sorted(set(per_split['train']) | set(per_split['validation']))
-  if not per_split['train']:
+    single = sorted(c for c, ps in found.items() if c and len(ps) < 2)
+    if single:
+      logging.warning('%s: classes %s have one image, which is held out for evaluation: the '
+                      'probe trains on none of theirs.', image_dir, ', '.join(single[:5]))
+  _write_manifest(where, manifest)
+  if not any(per_split['train'].values()):
     raise UserError(f'No images found in {image_dir}: expected {image_dir}/<class>/<image> '
-                    f'with extensions {", ".join(IMAGE_EXTENSIONS)}. Fix: point '
-                    'load_data.image_dir at such a folder.')
+                    f'(or {image_dir}/<image>, unlabelled) with extensions '
+                    f'{", ".join(IMAGE_EXTENSIONS)}. Fix: point load_data.image_dir at such a '
+                    'folder.')
+  classes = sorted(c for c in set(per_split['train']) | set(per_split['validation']) if c)
   files = {}
   for split, per_class in per_split.items():
-    pairs = [(p, classes.index(c)) for c in sorted(per_class) for p in per_class[c]]
+    pairs = [(p, classes.index(c) if c else 0) for c in sorted(per_class)
+             for p in per_class[c]]
     files[split] = (np.array([p for p, _ in pairs], dtype=object).astype(str),
                     np.array([l for _, l in pairs], np.int64))
   return files, classes
+
+
+def _read_manifest(path):
+  """A manifest's entries, {} when absent or unreadable (it is only a cache)."""
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      entries = json.loads(f.read())
+    return entries if isinstance(entries, dict) else {}
+  except (tf.errors.OpError, ValueError, UnicodeDecodeError):
+    return {}
+
+
+def _write_manifest(path, manifest):
+  """Written atomically; a host where it cannot be written decodes again next launch."""
+  try:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tmp = f'{path}.tmp{os.getpid()}'
+    with tf.io.gfile.GFile(tmp, 'w') as f:
+      f.write(json.dumps(manifest))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except (tf.errors.OpError, OSError) as e:
+    logging.warning('Could not write the image folder manifest %s (%s): the next launch '
+                    'checks every file again.', path, e)

@@ -225,6 +225,10 @@ def _set_up(settings):
                     f'one evaluation reads ({data.eval_split!r}). Fix: bind '
                     'load_data.validation_examples = 10000 (fashion_mnist) to hold out a '
                     'validation split, or unbind run.report_test.')
+  if mode in ('eval', 'train_and_eval') and data.num_classes == 0:
+    raise UserError(f'{data.name} has no labels (a folder of unlabelled images): the probe and '
+                    'kNN need them. Fix: pretrain only (--mode=train), then evaluate the '
+                    'encoder on labelled images (<dir>/<class>/<image> folders).')
   if mode in ('eval', 'train_and_eval') and data.num_classes < 2:
     raise UserError(f'{data.name} has {data.num_classes} class: its probe and kNN accuracy would '
                     'be 100% whatever the encoder learnt. Fix: give the evaluation labelled '
@@ -262,6 +266,10 @@ def _set_up(settings):
     model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
                   steps_per_execution=steps_per_execution)
   runtime.check_host_memory(model, strategy, global_batch_size)
+  if mode in ('eval', 'train_and_eval'):
+    runtime.check_evaluation_memory(
+        model.encoder.output_shape[-1], data, settings.eval_train_examples,
+        settings.eval_test_examples, settings.baselines, settings.knn, settings.report_test)
   run_dir.check_writable(model_dir)  # after every check above: a refused run creates nothing
   if augment_on_device:
     _, view1, view2 = augment.view_transforms(data.image_shape[0])

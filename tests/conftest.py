@@ -8,6 +8,8 @@ import sys
 
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Image-folder manifests (sources.manifest_path) in a private directory, not the user's cache.
+os.environ.setdefault('MINC_TF_CACHE', __import__('tempfile').mkdtemp(prefix='minc_tf_cache_'))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gin  # noqa: E402

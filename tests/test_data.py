@@ -315,3 +315,66 @@ def test_validation_is_a_fixed_hold_out_of_training_and_the_test_split_stays_apa
     data_lib.load_data('fashion_mnist', idx_dir=str(fake_fmnist), validation_examples=64)
   with pytest.raises(UserError, match="not of 'imagenet2012'.*train_split = 'train\\[10000:\\]'"):
     data_lib.load_data('imagenet2012', validation_examples=10)
+
+
+def test_an_image_folder_is_decoded_once_then_only_where_files_change(tmp_path, monkeypatch):
+  from minc_tf import sources
+  root = _image_folder(tmp_path)
+  first = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert os.path.exists(sources.manifest_path(str(root)))
+  decoded = []
+  real = tf.io.decode_image
+  monkeypatch.setattr(tf.io, 'decode_image', lambda *a, **k: decoded.append(1) or real(*a, **k))
+  again = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert decoded == []  # the manifest answered for all 21 files, the broken one included
+  for split in ('train', 'validation'):
+    np.testing.assert_array_equal(again.source.shard(split, None)[0], first.source.shard(split, None)[0])
+  # A changed file (other bytes, other size) is decoded again: now broken, it is skipped.
+  (root / 'cat' / '0.png').write_bytes(b'no longer an image')
+  changed = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert len(decoded) == 1 and changed.num_train == first.num_train - 1
+  # A damaged manifest is only a cache: everything is checked again.
+  with open(sources.manifest_path(str(root)), 'w') as f:
+    f.write('{not json')
+  decoded.clear()
+  data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert len(decoded) == 21
+
+
+def test_a_flat_folder_is_unlabelled_and_a_mixed_one_is_refused(tmp_path):
+  for i in range(6):
+    (tmp_path / f'{i}.png').write_bytes(
+        tf.io.encode_png(np.full((12, 10, 3), 20 * i, np.uint8)).numpy())
+  d = data_lib.load_data('image_folder', image_dir=str(tmp_path), image_size=8, eval_every=3)
+  assert d.num_classes == 0 and d.num_train == 4
+  (v1, _), _ = next(iter(d.pretrain_dataset(2)))
+  assert v1.shape == (2, 8, 8, 3)
+  (tmp_path / 'dogs').mkdir()
+  (tmp_path / 'dogs' / 'a.png').write_bytes((tmp_path / '0.png').read_bytes())
+  with pytest.raises(UserError, match='holds both images .* and class folders'):
+    data_lib.load_data('image_folder', image_dir=str(tmp_path))
+
+
+def test_validation_classes_without_training_images_are_refused(tmp_path):
+  png = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8)).numpy()
+  for split, classes in (('train', ('cat', 'dog')), ('val', ('cat', 'dog', 'eel'))):
+    for c in classes:
+      (tmp_path / split / c).mkdir(parents=True)
+      (tmp_path / split / c / 'a.png').write_bytes(png)
+  with pytest.raises(UserError, match=r'val has classes with no training images .*: eel'):
+    data_lib.load_data('image_folder', image_dir=str(tmp_path))
+
+
+def test_the_folder_report_names_sizes_channels_and_conversions(tmp_path, caplog):
+  import logging
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
+  for i in range(3):
+    (tmp_path / 'a' / f'{i}.png').write_bytes(tf.io.encode_png(np.zeros((20, 30, 3), np.uint8)).numpy())
+    (tmp_path / 'b' / f'{i}.png').write_bytes(tf.io.encode_png(np.zeros((4, 6, 1), np.uint8)).numpy())
+  with caplog.at_level(logging.INFO):
+    data_lib.load_data('image_folder', image_dir=str(tmp_path), image_size=8, channels=3)
+  text = caplog.text
+  assert '6 images, 4x6 to 20x30 pixels' in text and 'channels {1: 3, 3: 3}' in text
+  assert '3 of its images have other channel counts than load_data.channels = 3' in text
+  assert '3 images have a side below 8 pixels' in text

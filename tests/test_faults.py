@@ -196,3 +196,23 @@ def test_a_one_class_folder_is_not_evaluated(tmp_path, cli):
           '--gin_bindings=load_data.channels=3', '--gin_bindings=run.global_batch_size=4']
   code, out = cli(args)
   assert code == 2 and 'has 1 class' in out and '--mode=train' in out, out[-1500:]
+
+
+def test_a_flat_folder_pretrains_and_its_evaluation_asks_for_labels(tmp_path, cli):
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for i in range(12):
+    png = tf.io.encode_png(np.full((16, 16, 3), i * 20, np.uint8)).numpy()
+    (folder / f'{i}.png').write_bytes(png)
+  args = ['minc_tf', '--gin_file=gin/quickstart.gin',
+          "--gin_bindings=load_data.name='image_folder'",
+          f"--gin_bindings=load_data.image_dir='{folder}'", '--gin_bindings=load_data.channels=3',
+          '--gin_bindings=run.global_batch_size=4', '--gin_bindings=run.epochs=1',
+          '--gin_bindings=build_encoder.base_width=4']
+  code, out = cli(args + [f'--model_dir={tmp_path / "run"}'])
+  assert code == 2 and 'has no labels' in out and '--mode=train' in out, out[-1500:]
+  assert not (tmp_path / 'run').exists()
+  code, out = cli(args + [f'--model_dir={tmp_path / "pretrained"}', '--mode=train'])
+  assert code == 0, out[-1500:]
+  assert (tmp_path / 'pretrained' / 'export').is_dir()
