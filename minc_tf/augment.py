@@ -184,6 +184,19 @@ def view_transforms(image_size, crop_area=(0.08, 1.0), aspect=(3 / 4, 4 / 3), fl
   (threshold 0.5) with view K's probabilities. viewK.batch(images [N, S, S, C], seed [2]) is
   the same view on a whole batch at once, each example with its own random parameters (for the
   accelerator: no per-example loop; equal in distribution, not draw for draw, to viewK).
+  crop_area: the random resized crop's area, a fraction of the image drawn from U(low, high).
+  aspect: the crop's aspect ratio range (width / height), drawn log-uniformly.
+  flip_prob: probability of a horizontal flip.
+  jitter_prob: probability of the colour jitter (brightness, contrast, saturation, hue in random
+    order).
+  brightness / contrast / saturation: colour-jitter strengths: factors drawn from U(1 - s, 1 +
+    s) (brightness as in SimCLR).
+  hue: colour-jitter hue shift, drawn from U(-hue, hue), at most 0.5.
+  grayscale_prob: probability of converting the view to grey.
+  blur_prob: probability of a Gaussian blur for view 1 and view 2 (BYOL: 1.0, 0.1).
+  blur_sigma: the blur's sigma range, in pixels of a 224-pixel image, U(low, high).
+  blur_kernel_frac: the blur kernel's side as a fraction of the view's side.
+  solarize_prob: probability of solarizing view 1 and view 2 (BYOL: 0.0, 0.2).
   """
   prob = real_in(0, 1)
   for name, value, check in (

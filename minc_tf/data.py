@@ -250,6 +250,15 @@ def load_data(name='imagenet2012', data_dir=None, image_size=224, idx_dir=None,
     every run: VALIDATION_SEED) as the 'validation' split that evaluation reads; pretraining and
     the probe's training use the rest, and the test split is read only with run.report_test.
     (TFDS datasets slice instead: train_split='train[10000:]', eval_split='train[:10000]'.)
+  name: 'fashion_mnist', 'image_folder' or a TFDS dataset name (e.g. 'imagenet2012').
+  image_size: the side S of the square views and evaluation crops, in pixels.
+  channels: 3 (RGB) or 1 (grey); image-folder files with other counts are converted.
+  eval_every: image folders without train/ and validation/: every this-many-th image of each
+    class is held out.
+  train_split / eval_split: TFDS split names (slices allowed) for pretraining and for
+    evaluation.
+  idx_dir: where the Fashion-MNIST IDX files are (None: Debian's dataset-fashion-mnist
+    directory, else a TFDS download).
   """
   require('load_data.image_size', image_size, int_at_least(1))
   require('load_data.channels', channels, one_of((1, 3)))

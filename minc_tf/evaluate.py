@@ -131,6 +131,10 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch
   mini-batches (a fixed, cheap protocol so that encoders compare on equal terms; the BYOL
   protocol for ImageNet is the offline evaluation in the gin configs). test_x and test_y may be
   lists of arrays (a validation and a test split): one probe is trained and a list returned.
+  epochs / batch_size / learning_rate: the probe's Adam training: epochs over the training
+    features, mini-batch size, step size.
+  l2: L2 penalty on the probe's weights.
+  seed: seed of the probe's initialisation and batch order (the same for every encoder).
   """
   several = isinstance(test_x, (list, tuple))
   tests = list(zip(test_x, test_y)) if several else [(test_x, test_y)]
@@ -166,7 +170,11 @@ def linear_probe(train_x, train_y, test_x, test_y, num_classes, epochs=30, batch
 def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperature=0.1,
                  chunk=1024):
   """Top-1 (%) of weighted kNN on cosine similarity (Wu et al. 2018): each of the k nearest
-  training features votes for its class with weight exp(similarity / temperature)."""
+  training features votes for its class with weight exp(similarity / temperature).
+  k: neighbours that vote.
+  temperature: the votes' weight exp(similarity / temperature).
+  chunk: queries per similarity matrix (memory: chunk x training images floats).
+  """
   train = tf.math.l2_normalize(tf.constant(train_x), axis=1)
   correct = 0
   for start in range(0, len(test_x), chunk):
@@ -192,6 +200,15 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   centre crops (0.875) of the evaluation split. Runs under `strategy` (batch_size is global).
   splits: given a list of splits (e.g. the validation and the test split), the one trained
   layer is scored on each and a list of top-1s returned, in order.
+  epochs / batch_size: the linear layer's training: epochs over the training split, batch size.
+  base_learning_rate / momentum / nesterov / weight_decay: its SGD: learning rate at batch 256,
+    momentum, Nesterov, weight decay.
+  crop_area: the training crops' area range (the views: random resized crop and flip).
+  steps_per_epoch: steps per epoch (None: the training split once).
+  eval_batch_size: batch size of its scoring (None: batch_size).
+  seed: seed of its crops, order and initialisation.
+  verbose: Keras' verbosity of its fit (0 silent, 1 progress bar, 2 one line per epoch).
+  splits: the splits it scores (default: the evaluation split).
   """
   strategy = strategy or tf.distribute.get_strategy()
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)

@@ -29,6 +29,12 @@ flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
 flags.DEFINE_bool('reuse_model_dir', False,
                   'Train in an existing --model_dir that holds files but no minc_tf run (refused '
                   'otherwise: the run would write over them).')
+flags.DEFINE_bool('list_settings', False,
+                  'List every gin setting with its default, allowed values and a line of doc, '
+                  'then exit (e.g. --gin_bindings=build_model.mu=3 ... is how to set one).')
+flags.DEFINE_bool('print_config', False,
+                  'Print the resolved value of every gin setting under the given --gin_file and '
+                  '--gin_bindings (bound ones marked), then exit without running.')
 flags.DEFINE_bool('allow_config_change', False,
                   'Continue a model dir whose recorded defining settings (run_identity.json) '
                   'differ from this configuration (e.g. a lower learning rate after a NaN).')
@@ -53,6 +59,13 @@ def main(argv):
   from minc_tf import configurables  # noqa: F401  (registers every gin configurable)
   try:
     config.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    if FLAGS.list_settings or FLAGS.print_config:
+      from minc_tf import catalog
+      print(catalog.list_text() if FLAGS.list_settings else catalog.resolved_text(), end='')
+      return
+    import gin
+    logging.info('Configuration (--gin_file %s, --gin_bindings %s):\n%s', FLAGS.gin_file,
+                 FLAGS.gin_bindings, gin.config_str())
     from minc_tf import runtime
     from minc_tf import strategy as strategy_lib
     from minc_tf import train

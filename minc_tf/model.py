@@ -238,6 +238,13 @@ def build_model(image_shape, method='minc', num_classes=0, projector_hidden=(409
   **settings: the methods' own settings (methods.settings(); each method's SETTINGS with its
     default, range and doc), bound in gin as build_model.<name> like the rest; a method reads
     its own and the others keep their defaults.
+  method: the loss: one of the registered methods (minc, spectral, simclr, byol, linear_byol,
+    simsiam).
+  projector_hidden: widths of the projector MLP's hidden layers (each with BatchNorm and ReLU).
+  projector_dim: the projector's output width k (the embedding the loss sees).
+  predictor_hidden: widths of the MLP predictor's hidden layers.
+  byol_preset: 'byol' sets BYOL's published projector, predictor and target settings (None: each
+    as bound).
   """
   if byol_preset is not None:
     tau_base = optim.preset(byol_preset)[2]

@@ -69,6 +69,9 @@ def build_encoder(input_shape, depth=50, width_multiplier=1, small_images=False,
     basic blocks); the number of stages is its length.
   D = 4 * base_width * width_multiplier * 2^(stages-1) for bottlenecks, a quarter of that for
   basic blocks.
+  width_multiplier: channels of every stage times this (ResNet-50 x2, x4 as in SimCLR).
+  base_width: channels of the first stage (64 for a standard ResNet).
+  name: the Keras model's name.
   """
   require('build_encoder.depth', depth, one_of(sorted(_DEPTHS)))
   require('build_encoder.base_width', base_width, int_at_least(1))

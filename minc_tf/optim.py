@@ -80,6 +80,12 @@ def build_optimizer(global_batch_size, steps_per_epoch, epochs, name='lars', bas
   epoch budget (overriding the two arguments).
 
   name: 'lars', 'sgd' (momentum) or 'adamw'; Keras' SGD and AdamW decay weights decoupled.
+  name: 'lars', 'sgd', 'adamw' or 'adam'.
+  base_lr: the learning rate at batch 256; the peak is base_lr x global batch / 256.
+  weight_decay: decoupled weight decay (LARS and AdamW skip biases and BatchNorm).
+  momentum: momentum of SGD and LARS.
+  warmup_epochs: epochs of linear warm-up from 0 to the peak learning rate.
+  trust_coefficient: LARS's trust ratio coefficient eta.
   """
   if byol_preset is not None:
     base_lr, weight_decay, _ = preset(byol_preset)

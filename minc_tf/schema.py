@@ -21,6 +21,11 @@ DEFINING_RUN = ('run.global_batch_size', 'run.epochs', 'run.steps_per_epoch', 'r
 NOT_DEFINING = ('load_data.data_dir', 'load_data.idx_dir', 'load_data.image_dir',
                 'load_data.cache', 'load_data.on_corrupt', 'load_data.eval_split',
                 'load_data.eval_every')
+# Code defaults changed after study run dirs were first named (study.run_name): a run is named
+# against the default it had then, so a run binding the new default keeps its old name and an
+# unbound one, which now trains the new value, gets a new name. (The code defaults now equal
+# the shipped gin files' values: gin/quickstart.gin, gin/minc.gin.)
+NAMING_DEFAULTS = {'build_model.mu': 1.0, 'build_model.summary_decay': 0.99}
 # What shapes the checkpoint's variables: all an eval or export must agree with.
 ARCHITECTURE = ('build_model.method', 'build_model.projector_hidden', 'build_model.projector_dim',
                 'build_model.predictor', 'build_model.predictor_hidden', 'build_model.use_target',

@@ -155,6 +155,21 @@ def run_study(model_dir, strategy, name='ablation', base_gin_files=('gin/quickst
   A run stopped by SIGTERM or Ctrl-C stops the study (its table holds the runs done); rerunning
   the command resumes it. allow_config_change: main's flag, for every variant's train.run;
   reuse_model_dir: main's flag, for a model_dir that holds other files (run_dir.claim).
+  name: 'ablation', 'batch_sweep', 'width_sweep', 'variance', 'methods', 'outcome' or your own
+    with variants.
+  base_gin_files / common_bindings: the gin files and bindings under every run of the study.
+  seeds: the seeds every variant runs at.
+  variants: {label: [bindings]}: the study's rows (default: its name's).
+  batch_sizes / widths / sweep_batch_size / minc_decays / pretrain_pairs: the sweeps' cells; the
+    outcome study's batch sizes.
+  table_path: also write the table there (e.g. docs/study_ablation.md).
+  baselines_once: probe the random-init encoder and raw pixels once per seed, not per run.
+  pretrain_steps / num_batches / variance_batch_size: the variance study's checkpoint step,
+    batches and batch size.
+  methods / learning_rates: the methods and outcome studies' {label: [bindings]} and their lr
+    grid.
+  screen_batch_size / max_learning_rate: the outcome study's screen batch, and its cap for
+    extending the grid upward.
   """
   from minc_tf import config
   from minc_tf import train
@@ -362,11 +377,25 @@ def run_name(configuration, seed, model_dir=None):
   The hash is of the settings that define a run (schema.defines_run: the ones run_identity.json
   records too) and of every gin macro (a defining setting may take its value from one), as
   bound, leaving out those bound to their code default: a setting added to
-  the code later, or a binding that restates a default, does not rename the run. Study dirs
+  the code later, or a binding that restates a default, does not rename the run. A default
+  changed since is compared as it was (schema.NAMING_DEFAULTS): binding the new value keeps the
+  run's old name, leaving it unbound (now a different training) names a new run. Study dirs
   made before this rule named runs by the whole parsed config less two evaluation settings
   (legacy_run_name); where such a directory exists in model_dir, it is used.
   """
+  def default(key):
+    selector, _, param = key.rpartition('.')
+    defaults = gin_internals.defaults(selector.rpartition('/')[2])
+    if key in schema.NAMING_DEFAULTS:
+      return True, schema.record_value(schema.NAMING_DEFAULTS[key])
+    return param in defaults, schema.record_value(defaults.get(param))
+
   defining = {}
+  for key in schema.NAMING_DEFAULTS:  # unbound: the code's current default, named if changed
+    selector, _, param = key.rpartition('.')
+    current = schema.record_value(gin_internals.defaults(selector).get(param))
+    if current != default(key)[1]:
+      defining[key] = current
   for full, value in gin_internals.bound_values().items():
     if full.endswith('gin.macro.value'):  # a macro: its value may define a run (%EPOCHS)
       defining[full] = schema.record_value(value)
@@ -375,9 +404,9 @@ def run_name(configuration, seed, model_dir=None):
     if not schema.defines_run(key):
       continue
     value = schema.record_value(value)
-    selector, _, param = key.rpartition('.')
-    defaults = gin_internals.defaults(selector.rpartition('/')[2])
-    if param in defaults and schema.record_value(defaults[param]) == value:
+    has_default, base = default(key)
+    if has_default and base == value:
+      defining.pop(key, None)
       continue
     defining[key] = value
   name = os.path.join('runs', _digest(json.dumps(defining, sort_keys=True)), f'seed{seed}')

@@ -86,6 +86,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
+  epochs: passes over the training split (of steps_per_epoch steps each).
+  verbose: Keras' progress output of fit (1 a bar, 2 one line per epoch, 0 none).
+  eval_batch_size: images per batch of feature extraction (a multiple of the replicas).
+  knn: also score weighted kNN on the frozen features ('knn_top1').
   steps_per_epoch: default num_train // global_batch_size.
   steps_per_execution: train steps per host round trip (the TPU host loop).
   jit_compile: XLA-compile the train step (TPUs always do; off by default on CPU).
@@ -132,6 +136,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   newest checkpoint; then evaluation and results. Every worker of a multi-worker run runs
   every phase (saves and feature extraction are collectives); each writes only through
   job.out(): model_dir on the chief, a private temporary directory on the other workers.
+  tensorboard_update_freq: steps between TensorBoard scalar writes.
   """
   settings = types.SimpleNamespace(**locals())  # run()'s arguments by name, for its phases
   if mode not in MODES:

@@ -18,7 +18,7 @@ def test_configurables_lists_the_registered_ones():
 
 def test_defaults_read_the_signature_including_the_method_settings():
   d = gin_internals.defaults('build_model')
-  assert d['projector_dim'] == 256 and d['mu'] == 1.0 and d['temperature'] == 0.1
+  assert d['projector_dim'] == 256 and d['mu'] == 10.0 and d['temperature'] == 0.1
   assert 'image_shape' not in d  # no default
   assert gin_internals.defaults('no_such_thing') == {}
 
@@ -31,6 +31,6 @@ def test_bound_and_operative_values():
   model_lib.build_model((8, 8, 1), projector_hidden=(8,))
   operative = {monitor.binding_key(k): v for k, v in gin_internals.operative_values().items()}
   assert operative['build_model.projector_dim'] == 8
-  assert operative['build_model.mu'] == 1.0  # a default: operative, not bound
+  assert operative['build_model.mu'] == 10.0  # a default: operative, not bound
   gin.clear_config()
   assert gin_internals.bound_values() == {}

@@ -64,8 +64,13 @@ def _moved(pinned, renamed, actual):
   return out
 
 
-def assert_same_variables(actual, pinned, what, rtol=1e-5, atol=1e-6, renamed=None):
-  """Every pinned variable is there with its value; nothing unpinned was added."""
+def assert_same_variables(actual, pinned, what, rtol=1e-3, atol=1e-5, renamed=None):
+  """Every pinned variable is there with its value; nothing unpinned was added.
+
+  The tolerance is the float32 spread between CPUs: oneDNN's kernels sum in another order on
+  AVX2 than on AVX-512 hosts, which moves BatchNorm betas after two steps by up to 2e-4
+  relative (measured: simclr, simsiam, MINC without clip); a planted bug moves them by far
+  more (bench/mutants.py)."""
   pinned = _moved(pinned, RENAMED if renamed is None else renamed, actual)
   missing = sorted(set(pinned) - set(actual))
   added = sorted(set(actual) - set(pinned))
@@ -138,6 +143,10 @@ def test_seeded_cli_run_is_pinned(pinned_run):
       # An accuracy may differ by one of the 64 evaluation images on another CPU.
       tol = 1.6 if key.endswith('_top1') else 1e-3 * max(1.0, abs(value))
       assert abs(results[key] - value) <= tol, (key, results[key], value)
+    elif key.endswith('_curve'):  # [[step, value], ...]: steps exact, values as floats above
+      assert [s for s, _ in results[key]] == [s for s, _ in value], key
+      np.testing.assert_allclose([v for _, v in results[key]], [v for _, v in value],
+                                 rtol=1e-3, err_msg=key)
     else:
       assert results[key] == value, (key, results[key], value)
   with open(os.path.join(PINS, 'run', 'run_identity.json')) as f:

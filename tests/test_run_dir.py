@@ -10,7 +10,7 @@ from minc_tf import run_dir
 from minc_tf import schema
 from minc_tf.errors import UserError
 
-NOW = {'build_model.method': 'minc', 'build_model.mu': 1.0, 'build_model.summary_decay': 0.99,
+NOW = {'build_model.method': 'minc', 'build_model.mu': 10.0, 'build_model.summary_decay': 0.0,
        'build_encoder.depth': 18, 'run.global_batch_size': 32}
 
 
@@ -23,7 +23,7 @@ def _trained_dir(tmp_path, recorded):
 def test_a_record_written_before_a_setting_existed_still_resumes(tmp_path):
   """The record predates summary_decay (missing from it); today's value is the code default,
   so the run is the same run."""
-  assert 0.99 in run_dir.default_values('build_model.summary_decay')
+  assert 0.0 in run_dir.default_values('build_model.summary_decay')
   old = {k: v for k, v in NOW.items() if k != 'build_model.summary_decay'}
   assert run_dir.check_identity(_trained_dir(tmp_path, old), 'train', False, NOW) is False
 
@@ -52,16 +52,16 @@ def test_a_setting_missing_from_the_record_at_another_value_is_a_change(tmp_path
 def test_a_changed_recorded_setting_is_refused_and_nothing_is_written(tmp_path):
   path = _trained_dir(tmp_path, NOW)
   before = sorted(os.listdir(path)), (tmp_path / run_dir.IDENTITY).read_bytes()
-  with pytest.raises(UserError, match=r'build_model.mu: 1.0 -> 10.0.*--allow_config_change'):
-    run_dir.check_identity(path, 'train', False, dict(NOW, **{'build_model.mu': 10.0}))
+  with pytest.raises(UserError, match=r'build_model.mu: 10.0 -> 3.0.*--allow_config_change'):
+    run_dir.check_identity(path, 'train', False, dict(NOW, **{'build_model.mu': 3.0}))
   assert (sorted(os.listdir(path)), (tmp_path / run_dir.IDENTITY).read_bytes()) == before
   # Allowed: training re-records it.
-  assert run_dir.check_identity(path, 'train', True, dict(NOW, **{'build_model.mu': 10.0}))
+  assert run_dir.check_identity(path, 'train', True, dict(NOW, **{'build_model.mu': 3.0}))
 
 
 def test_evaluation_compares_only_what_shapes_the_variables(tmp_path):
   path = _trained_dir(tmp_path, NOW)
-  assert run_dir.check_identity(path, 'eval', False, dict(NOW, **{'build_model.mu': 10.0})) \
+  assert run_dir.check_identity(path, 'eval', False, dict(NOW, **{'build_model.mu': 3.0})) \
       is False
   with pytest.raises(UserError, match='build_model.method'):
     run_dir.check_identity(path, 'eval', False, dict(NOW, **{'build_model.method': 'byol'}))

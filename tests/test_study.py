@@ -355,3 +355,24 @@ def test_outcome_study_screens_on_the_objective_extends_a_winning_top_then_runs_
   # both seeds with no spread.
   assert '| M | 2 | 0.0000 +- 0.0000 | 0.9375 +- 0.0000 |' in table and 'supported' in table
   assert [r['variant'] for r in rows[-2:]] == ['M B=16 (lr 0.008)', 'M B=256 (lr 0.008)']
+
+
+def test_a_changed_code_default_names_runs_by_what_they_train():
+  """mu's and summary_decay's code defaults became the shipped values (10, 0): a run binding
+  the new value keeps the name it had when it differed from the default, and an unbound one
+  (which now trains that value too) shares it; binding the old default names the other run."""
+  gin.clear_config()
+  config.parse_gin([], [])  # nothing bound: the code defaults
+  unbound = study.run_name(study._run_configuration(), 0)
+  gin.clear_config()
+  config.parse_gin([], ['build_model.mu = 10.0', 'build_model.summary_decay = 0.0'])
+  assert study.run_name(study._run_configuration(), 0) == unbound
+  gin.clear_config()
+  config.parse_gin([], ['build_model.mu = 1.0', 'build_model.summary_decay = 0.99'])
+  old_defaults = study.run_name(study._run_configuration(), 0)
+  assert old_defaults != unbound
+  # The old defaults' name is the one every run had before: only the other settings in it.
+  gin.clear_config()
+  config.parse_gin([], ["build_model.summary_source = 'target'"])  # restates a default
+  restated = study.run_name(study._run_configuration(), 0)
+  assert restated == unbound

@@ -34,7 +34,7 @@ class Setting(NamedTuple):
 
 
 # Shared by MINC and Spectral Contrastive: one setting, one meaning.
-MU = Setting(1.0, real_in(0, math.inf, low_open=True, optional=True),
+MU = Setting(10.0, real_in(0, math.inf, low_open=True, optional=True),
              'output scale: MINC clips ||z||^2 <= mu (radially) and divides its loss by mu; '
              "Spectral's uniformity term is divided by mu; None disables MINC's clip")
 

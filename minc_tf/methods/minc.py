@@ -36,7 +36,7 @@ class Minc(base.Method):
   NAME = 'minc'
   SETTINGS = {
       'mu': base.MU,
-      'summary_decay': base.Setting(0.99, real_in(0, 1, high_open=True),
+      'summary_decay': base.Setting(0.0, real_in(0, 1, high_open=True),
                                     "EMA decay of the summary M per step; 0 uses the current "
                                     "batch's moment only"),
       'summary_source': base.Setting('target', one_of(('target', 'online')),
