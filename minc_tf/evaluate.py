@@ -82,16 +82,18 @@ def _embedding_function(encoder, strategy, cache):
 OBJECTIVE_SEED = 1234
 
 
-def spectral_objective(encoder, projector, data, pairs, batch_size, strategy=None):
+def spectral_objective(encoder, projector, data, pairs, batch_size, strategy=None, mu=None):
   """The Spectral Contrastive objective of the frozen encoder + projector on held-out pairs:
 
-    L_val = -(2/P) sum_i z1_i . z2_i  +  1/(P(P-1)) sum_{i != j} (z1_i . z2_j)^2
+    L_val = ( -(2/P) sum_i z1_i . z2_i  +  1/(P(P-1)) sum_{i != j} (z1_i . z2_j)^2 ) / mu
 
-  (no radial clip, mu = 1: the population quantity every method's summary estimates; lower is
-  better), over P = min(pairs, the evaluation split's size) view pairs of data.eval_split,
-  made with the training views seeded by OBJECTIVE_SEED (the same pairs for every run and
-  method), BatchNorm in inference mode. Returns (L_val, P). The outcome study's primary
-  endpoint (docs/study_preregistration.md).
+  with z <- radial_clip(z, mu) (losses.radial_clip; the loss as Spectral trains it and as
+  MINC's full-M objective estimates it; lower is better), over P = min(pairs, the evaluation
+  split's size) view pairs of data.eval_split, made with the training views seeded by
+  OBJECTIVE_SEED (the same pairs for every run and method), BatchNorm in inference mode.
+  Returns (L_val without clip and with mu = 1, L_val at `mu`, P). The first is the endpoint
+  docs/study_preregistration.md registered; the clip leaves the norm of z free above sqrt(mu),
+  so that one measures the norm as much as the representation (docs/study_outcome.md).
   """
   strategy = strategy or tf.distribute.get_strategy()
   size = data.source.epoch_size(data.eval_split, None)
@@ -103,11 +105,18 @@ def spectral_objective(encoder, projector, data, pairs, batch_size, strategy=Non
   z1, _ = extract_features(projected, views.map(lambda v, y: (v[0], y)), strategy, cache)
   z2, _ = extract_features(projected, views.map(lambda v, y: (v[1], y)), strategy, cache)
   z1, z2 = z1[:pairs].astype(np.float64), z2[:pairs].astype(np.float64)
-  dots = z1 @ z2.T
-  n = len(z1)
-  attract = -2.0 * np.trace(dots) / n
-  repel = (np.sum(dots ** 2) - np.sum(np.diag(dots) ** 2)) / (n * (n - 1.0))
-  return float(attract + repel), n
+
+  def objective(a, b, scale):
+    if scale is not None:
+      a, b = (x * np.minimum(1.0, np.sqrt(scale) / np.maximum(
+          np.linalg.norm(x, axis=1, keepdims=True), 1e-12)) for x in (a, b))
+    dots = a @ b.T
+    n = len(a)
+    attract = -2.0 * np.trace(dots) / n
+    repel = (np.sum(dots ** 2) - np.sum(np.diag(dots) ** 2)) / (n * (n - 1.0))
+    return float((attract + repel) / (scale or 1.0))
+
+  return objective(z1, z2, None), objective(z1, z2, mu), len(z1)
 
 
 class _Projected:
@@ -273,14 +282,15 @@ RAW_PIXEL_MAX_FEATURES = 16384
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
                       strategy=None, report_test=False, linear_eval=False, projector=None,
-                      objective_pairs=0):
+                      objective_pairs=0, objective_mu=None):
   """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
   are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
   on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration.
   linear_eval: also the BYOL linear-evaluation protocol (offline_linear_eval) on the frozen
   encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test).
   objective_pairs (with the model's projector): also spectral_objective over that many
-  evaluation-split pairs, 'val_objective' (and 'val_objective_pairs', the pairs it read)."""
+  evaluation-split pairs: 'val_objective' (no clip), 'val_objective_clipped' (at
+  objective_mu, the method's mu) and 'val_objective_pairs' (the pairs it read)."""
   strategy = strategy or tf.distribute.get_strategy()
   start = time.time()
   train_ds = data.eval_dataset(data.train_split, batch_size, limit=max_train)
@@ -319,8 +329,9 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
                                f'{RAW_PIXEL_MAX_FEATURES}) would make the probe hold the '
                                'training images as features')
   if objective_pairs:
-    out['val_objective'], out['val_objective_pairs'] = spectral_objective(
-        encoder, projector, data, objective_pairs, batch_size, strategy)
+    (out['val_objective'], out['val_objective_clipped'],
+     out['val_objective_pairs']) = spectral_objective(encoder, projector, data, objective_pairs,
+                                                      batch_size, strategy, objective_mu)
   out['eval_split'] = data.eval_split
   out['eval_wall_time_s'] = round(time.time() - start, 1)
   if linear_eval:

@@ -64,6 +64,7 @@ RESULTS = (
     Result('test_linear_eval_top1', 'test linear eval top-1', evaluation=True),
     Result('feature_effective_rank', 'feature eff. rank', evaluation=True, hparam=True),
     Result('val_objective', 'val. Spectral objective', evaluation=True, hparam=True),
+    Result('val_objective_clipped', 'val. objective (clip mu)', evaluation=True, hparam=True),
     Result('val_objective_pairs', evaluation=True),
     Result('final_loss', 'final loss', hparam=True),
     Result('pretrain_wall_time_s', 'pretrain s', hparam=True),

@@ -239,22 +239,25 @@ def test_spectral_objective_is_the_u_statistic_of_fixed_evaluation_pairs(distrib
   bn = enc.layers[1]
   bn.moving_mean.assign(bn.moving_mean - 0.5)
   bn.moving_variance.assign(bn.moving_variance * 0.25)
-  value, pairs = evaluate.spectral_objective(enc, proj, data, 100, 32, strategy)
+  value, clipped, pairs = evaluate.spectral_objective(enc, proj, data, 100, 32, strategy, mu=0.5)
   assert pairs == 100
 
-  def reference(split, training=False, n=100):
+  def reference(split, training=False, n=100, mu=None):
     views = data.pretrain_dataset(32, seed=evaluate.OBJECTIVE_SEED, split=split).take(4)
     z = [[], []]
     for (v1, v2), _ in views:
       for i, v in enumerate((v1, v2)):
         z[i].append(proj(enc(v, training=training), training=training))
     z1, z2 = (tf.concat(zi, 0)[:n] for zi in z)
-    return float(losses.spectral_contrastive_loss(z1, z2, mu=None))
+    return float(losses.spectral_contrastive_loss(z1, z2, mu=mu))
 
   np.testing.assert_allclose(value, reference('test'), rtol=1e-5)
+  np.testing.assert_allclose(clipped, reference('test', mu=0.5), rtol=1e-5)
+  assert abs(clipped - value) > 1e-3 * abs(value)  # the clip bites at mu = 0.5
   assert abs(value - reference('train')) > 1e-3 * abs(value)  # the evaluation split's views
-  assert evaluate.spectral_objective(enc, proj, data, 100, 32, strategy) == (value, pairs)
-  _, capped = evaluate.spectral_objective(enc, proj, data, 10 ** 6, 32, strategy)
+  assert evaluate.spectral_objective(enc, proj, data, 100, 32, strategy, mu=0.5) == (
+      value, clipped, pairs)
+  *_, capped = evaluate.spectral_objective(enc, proj, data, 10 ** 6, 32, strategy)
   assert capped == 128  # the split's size
   # Last: a training-mode call moves BatchNorm's statistics.
   assert abs(value - reference('test', training=True)) > 1e-3 * abs(value)  # inference mode

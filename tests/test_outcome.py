@@ -36,8 +36,9 @@ def test_the_decision_rule_needs_significance_and_every_seed_positive():
 
 
 def _row(arm, b, lr, seed, value, probe=70.0):
+  # The registered (unclipped) endpoint: the opposite contrast, so a mix-up shows.
   return {'variant': labels.cell_label(arm, b, lr), 'seed': seed, outcome.ENDPOINT: value,
-          'probe_top1': probe}
+          outcome.REGISTERED_ENDPOINT: -value, 'probe_top1': probe}
 
 
 def test_analysis_pairs_the_contrast_by_seed_against_the_first_arm():
@@ -54,8 +55,12 @@ def test_analysis_pairs_the_contrast_by_seed_against_the_first_arm():
   assert minc['D'] == {s: pytest.approx(0.3 + 1.1 * s) for s in range(3)}
   assert minc['Delta'] == {s: pytest.approx(0.7 - 0.1 * s) for s in range(3)}
   assert minc['test']['n'] == 3 and minc['test']['decision'] == 'supported'
+  registered = outcome.analysis(rows, endpoint=outcome.REGISTERED_ENDPOINT)
+  assert registered['arms']['MINC']['test']['decision'] == 'rejected'
   text = '\n'.join(outcome.lines(rows))
-  assert '| MINC | 3 |' in text and 'supported' in text and 'L_val B=64' in text
+  assert '| MINC | 3 |' in text and 'L_val B=64' in text
+  amended, registered_text = text.split('registered endpoint')
+  assert 'supported' in amended and 'rejected' in registered_text
   assert outcome.analysis(rows[:2]) is not None and outcome.analysis([rows[0]]) is None
 
 
