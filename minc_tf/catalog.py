@@ -19,11 +19,12 @@ from minc_tf import schema
 # The configurables a user sets (gin_internals.configurables() also lists gin's own helpers).
 SELECTORS = ('run', 'load_data', 'view_transforms', 'build_encoder', 'build_model',
              'build_optimizer', 'linear_probe', 'knn_accuracy', 'offline_linear_eval',
-             'run_study')
+             'run_study', 'transfer', 'fine_tune')
 # Main's arguments, not settings: gin refuses them (denylist).
 _NOT_SETTINGS = {'mode', 'model_dir', 'strategy', 'allow_config_change', 'reuse_model_dir',
                  'command_line', 'image_shape', 'num_classes', 'total_steps', 'sync_bn',
-                 'global_batch_size_', 'steps_per_epoch_', 'name_', 'input_shape'}
+                 'input_shape', 'encoder', 'data', 'splits', 'backup_dir', 'trainable',
+                 'source_dir', 'fine_tuning'}
 
 
 def _function(selector):

@@ -9,6 +9,7 @@ module needs to import the others for that (which is what made config <-> study 
   view_transforms augment.py       build_optimizer   optim.py
   linear_probe, knn_accuracy, offline_linear_eval   evaluate.py
   run_study      study.py
+  transfer, fine_tune   transfer.py
 """
 
 # pylint: disable=unused-import
@@ -20,3 +21,4 @@ from minc_tf import networks  # noqa: F401
 from minc_tf import optim  # noqa: F401
 from minc_tf import study  # noqa: F401
 from minc_tf import train  # noqa: F401
+from minc_tf import transfer  # noqa: F401

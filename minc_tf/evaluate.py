@@ -5,6 +5,7 @@ import inspect
 import math
 import time
 
+from absl import logging
 import gin
 import keras
 import numpy as np
@@ -13,6 +14,23 @@ import tensorflow as tf
 from minc_tf import networks
 from minc_tf import spectrum
 from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
+
+
+class Progress:
+  """One log line per `every_s` seconds on a long loop: done / total and the time left."""
+
+  def __init__(self, what, total, every_s=30.0):
+    self.what, self.total, self.every_s = what, total, every_s
+    self.start = self.last = time.time()
+
+  def __call__(self, done):
+    now = time.time()
+    if now - self.last < self.every_s:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    left = f', about {(self.total - done) / rate:.0f} s left' if self.total and rate else ''
+    logging.info('%s: %d/%s%s', self.what, done, self.total or '?', left)
 
 
 def extract_features(encoder, dataset, strategy=None, cache=None):
@@ -53,10 +71,13 @@ def extract_features(encoder, dataset, strategy=None, cache=None):
     return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
 
   feats, labels = [], []
-  for images, y, valid in dist:
+  size = int(dataset.cardinality())
+  progress = Progress('feature extraction, batches', size if size >= 0 else None)
+  for i, (images, y, valid) in enumerate(dist):
     f, y, m = (local(v) for v in embed(images, y, valid))
     feats.append(f[m])
     labels.append(y[m])
+    progress(i + 1)
   return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
@@ -186,7 +207,9 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperatur
   """
   train = tf.math.l2_normalize(tf.constant(train_x), axis=1)
   correct = 0
+  progress = Progress('kNN, queries', len(test_x))
   for start in range(0, len(test_x), chunk):
+    progress(start)
     q = tf.math.l2_normalize(tf.constant(test_x[start:start + chunk]), axis=1)
     sim, idx = tf.math.top_k(tf.matmul(q, train, transpose_b=True), k=k)
     votes = tf.one_hot(tf.gather(train_y, idx), num_classes) * tf.exp(sim / temperature)[..., None]
@@ -195,11 +218,11 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperatur
   return 100.0 * correct / len(test_x)
 
 
-@gin.configurable
+@gin.configurable(denylist=['encoder', 'data', 'strategy', 'splits', 'backup_dir', 'trainable'])
 def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024,
                         base_learning_rate=0.2, momentum=0.9, nesterov=True, weight_decay=0.0,
                         crop_area=(0.08, 1.0), steps_per_epoch=None, eval_batch_size=None,
-                        seed=0, verbose=0, splits=None):
+                        seed=0, verbose=2, splits=None, backup_dir=None, trainable=False):
   """Top-1 (%) of the BYOL linear-evaluation protocol on the frozen encoder.
 
   A linear layer on the encoder's features (inference-mode batch norm, no gradient into the
@@ -218,16 +241,21 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   seed: seed of its crops, order and initialisation.
   verbose: Keras' verbosity of its fit (0 silent, 1 progress bar, 2 one line per epoch).
   splits: the splits it scores (default: the evaluation split).
+  backup_dir: Keras' BackupAndRestore directory: the training state saved every epoch, so that
+    a stopped evaluation resumes at its last epoch (removed once it finishes; None: none).
+  trainable: train the encoder too, end to end (transfer.py's fine-tuning; its BatchNorm then
+    in training mode).
   """
   strategy = strategy or tf.distribute.get_strategy()
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)
   was_trainable = encoder.trainable
-  encoder.trainable = False  # frozen: the linear layer alone is trained
+  encoder.trainable = trainable  # frozen: the linear layer alone is trained
   try:
     with strategy.scope():
       images = keras.Input(data.image_shape)
+      features = encoder(images) if trainable else encoder(images, training=False)
       logits = keras.layers.Dense(data.num_classes, kernel_initializer='zeros',
-                                  name='linear_eval')(encoder(images, training=False))
+                                  name='linear_eval')(features)
       classifier = keras.Model(images, logits)
       schedule = keras.optimizers.schedules.CosineDecay(
           base_learning_rate * batch_size / 256, steps * epochs)
@@ -236,8 +264,9 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
                                          weight_decay=weight_decay or None),
           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
           metrics=['accuracy'])
+    callbacks = [keras.callbacks.BackupAndRestore(backup_dir)] if backup_dir else []
     classifier.fit(data.linear_eval_dataset(batch_size, seed=seed, crop_area=crop_area),
-                   epochs=epochs, steps_per_epoch=steps, verbose=verbose)
+                   epochs=epochs, steps_per_epoch=steps, verbose=verbose, callbacks=callbacks)
     top1 = [100.0 * float(classifier.evaluate(
         data.eval_dataset(split, eval_batch_size or batch_size), verbose=verbose)[1])
             for split in ([data.eval_split] if splits is None else splits)]
@@ -282,12 +311,13 @@ RAW_PIXEL_MAX_FEATURES = 16384
 
 def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines, knn,
                       strategy=None, report_test=False, linear_eval=False, projector=None,
-                      objective_pairs=0, objective_mu=None):
+                      objective_pairs=0, objective_mu=None, linear_eval_backup=None):
   """Linear probe (and kNN) top-1 on frozen features, with the same-run baselines; features
   are extracted on the strategy's replicas. report_test: the same probe (and kNN) also scored
   on data.test_split, as 'test_probe_top1' ('test_knn_top1'), for a final configuration.
   linear_eval: also the BYOL linear-evaluation protocol (offline_linear_eval) on the frozen
-  encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test).
+  encoder, 'linear_eval_top1' (and 'test_linear_eval_top1' with report_test), resumable from
+  linear_eval_backup (a directory) when given.
   objective_pairs (with the model's projector): also spectral_objective over that many
   evaluation-split pairs: 'val_objective' (no clip), 'val_objective_clipped' (at
   objective_mu, the method's mu) and 'val_objective_pairs' (the pairs it read)."""
@@ -337,7 +367,8 @@ def evaluate_encoders(encoder, data, batch_size, max_train, max_test, baselines,
   if linear_eval:
     start = time.time()
     names = [data.eval_split] + ([data.test_split] if report_test else [])
-    top1 = offline_linear_eval(encoder, data, strategy, splits=names)
+    top1 = offline_linear_eval(encoder, data, strategy, splits=names,
+                               backup_dir=linear_eval_backup)
     out['linear_eval_top1'] = top1[0]
     if report_test:
       out['test_linear_eval_top1'] = top1[1]

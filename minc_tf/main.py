@@ -23,8 +23,13 @@ flags.DEFINE_enum('strategy', 'default', ['default', 'mirrored', 'multi_worker',
                   'tf.distribute strategy.')
 flags.DEFINE_string('tpu', None, "TPU name, or 'local' on a Cloud TPU VM (with --strategy=tpu).")
 flags.DEFINE_enum('mode', 'train_and_eval',
-                  ['train', 'eval', 'export', 'train_and_eval', 'study'],
-                  'What to do with the model dir (study: run_study, e.g. gin/study_ablation.gin).')
+                  ['train', 'eval', 'export', 'train_and_eval', 'study', 'transfer', 'fine_tune'],
+                  'What to do with the model dir (study: run_study, e.g. gin/study_ablation.gin; '
+                  'transfer / fine_tune: the encoder of --source_dir on the gin-configured '
+                  'dataset, frozen / also fine-tuned, results in --model_dir).')
+flags.DEFINE_string('source_dir', None,
+                    'With --mode=transfer or fine_tune: the finished run whose exported encoder '
+                    'to evaluate on another dataset.')
 flags.DEFINE_bool('verbose', False, 'Show tracebacks for user errors too.')
 flags.DEFINE_bool('reuse_model_dir', False,
                   'Train in an existing --model_dir that holds files but no minc_tf run (refused '
@@ -80,6 +85,13 @@ def main(argv):
                              reuse_model_dir=FLAGS.reuse_model_dir,
                              command_line=(FLAGS.gin_file, FLAGS.gin_bindings))
       results = {r['variant']: r.get('probe_top1') for r in rows}
+    elif FLAGS.mode in ('transfer', 'fine_tune'):
+      from minc_tf import data as data_lib
+      from minc_tf import transfer
+      transfer.check_source(FLAGS.source_dir, FLAGS.model_dir)  # before the data is read
+      results = transfer.run(FLAGS.model_dir, FLAGS.source_dir, strategy, data_lib.load_data(),
+                             fine_tuning=FLAGS.mode == 'fine_tune',
+                             reuse_model_dir=FLAGS.reuse_model_dir)
     else:
       results = train.run(FLAGS.mode, FLAGS.model_dir, strategy,
                           allow_config_change=FLAGS.allow_config_change,

@@ -62,6 +62,7 @@ RESULTS = (
     Result('test_knn_top1', 'test kNN top-1', evaluation=True),
     Result('linear_eval_top1', 'linear eval top-1', evaluation=True, hparam=True),
     Result('test_linear_eval_top1', 'test linear eval top-1', evaluation=True),
+    Result('finetune_top1', 'fine-tune top-1', evaluation=True),
     Result('feature_effective_rank', 'feature eff. rank', evaluation=True, hparam=True),
     Result('val_objective', 'val. Spectral objective', evaluation=True, hparam=True),
     Result('val_objective_clipped', 'val. objective (clip mu)', evaluation=True, hparam=True),

@@ -196,7 +196,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
           job.model.encoder, job.data, eval_batch_size, eval_train_examples, eval_test_examples,
           baselines, knn, strategy, report_test, linear_eval=offline_linear_eval,
           projector=job.model.projector, objective_pairs=objective_pairs,
-          objective_mu=getattr(job.model.method, 'mu', None)))
+          objective_mu=getattr(job.model.method, 'mu', None),
+          linear_eval_backup=job.out('linear_eval_backup')))
     if mode in TRAINING:
       title = f'{job.model.method.name}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
       if 'probe_top1' in results:

@@ -261,3 +261,59 @@ def test_spectral_objective_is_the_u_statistic_of_fixed_evaluation_pairs(distrib
   assert capped == 128  # the split's size
   # Last: a training-mode call moves BatchNorm's statistics.
   assert abs(value - reference('test', training=True)) > 1e-3 * abs(value)  # inference mode
+
+
+def test_a_stopped_linear_evaluation_resumes_at_its_last_epoch(tmp_path, monkeypatch):
+  """Stopped in its third epoch (of 4, 4 steps each), the rerun with the same backup_dir trains
+  the remaining two epochs only; a finished one removes its backup. trainable=True (fine-tuning)
+  changes the encoder, the frozen default does not."""
+  data = brightness_data()
+  real = data.linear_eval_dataset
+  pulled = []
+
+  def counting(batch_size, fail_after=None, **kw):
+    def count(x, y):
+      pulled.append(1)
+      if fail_after is not None and len(pulled) > fail_after:
+        raise KeyboardInterrupt  # a stop mid-epoch (SIGTERM, Ctrl-C)
+      return x, y
+
+    def wrap(x, y):
+      x, y = tf.py_function(count, [x, y], [tf.float32, tf.int64])
+      x.set_shape([batch_size, 8, 8, 1])
+      y.set_shape([batch_size])
+      return x, y
+    return real(batch_size, **kw).map(wrap)
+
+  settings = dict(epochs=4, batch_size=16, steps_per_epoch=4, base_learning_rate=0.5, seed=0,
+                  verbose=0, backup_dir=str(tmp_path / 'backup'))
+  monkeypatch.setattr(data, 'linear_eval_dataset',
+                      lambda b, **kw: counting(b, fail_after=10, **kw))
+  with pytest.raises(Exception):
+    evaluate.offline_linear_eval(small_encoder(), data, **settings)
+  assert (tmp_path / 'backup').exists()
+  pulled.clear()
+  monkeypatch.setattr(data, 'linear_eval_dataset', lambda b, **kw: counting(b, **kw))
+  encoder = small_encoder()
+  before = [w.numpy().copy() for w in encoder.weights]
+  evaluate.offline_linear_eval(encoder, data, **settings)
+  assert 8 <= len(pulled) < 16, len(pulled)  # two epochs of 4 steps (plus prefetch), not four
+  assert not (tmp_path / 'backup').exists()
+  assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, encoder.weights))
+  evaluate.offline_linear_eval(encoder, data, **dict(settings, trainable=True))
+  assert not all(np.array_equal(b, w.numpy()) for b, w in zip(before, encoder.weights))
+
+
+def test_long_loops_log_their_progress_and_time_left(monkeypatch, caplog):
+  import logging
+  import types
+  clock = iter([0.0, 10.0, 40.0, 50.0, 100.0])  # evaluate's clock only (logging has its own)
+  monkeypatch.setattr(evaluate, 'time', types.SimpleNamespace(time=lambda: next(clock)))
+  progress = evaluate.Progress('kNN, queries', 100, every_s=30.0)  # starts at t = 0
+  with caplog.at_level(logging.INFO):
+    progress(10)  # t = 10: too soon
+    progress(40)  # t = 40: 1 per second, 60 left
+    progress(45)  # t = 50: too soon after the last line
+    progress(90)  # t = 100
+  lines = [r.getMessage() for r in caplog.records if 'kNN' in r.getMessage()]
+  assert lines == ['kNN, queries: 40/100, about 60 s left', 'kNN, queries: 90/100, about 11 s left']

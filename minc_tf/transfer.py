@@ -1,0 +1,144 @@
+"""Transfer: a finished run's encoder on another labelled dataset, frozen or fine-tuned.
+
+  python -m minc_tf.main --mode=transfer --source_dir=/tmp/minc_quickstart \
+      --model_dir=/tmp/transfer --gin_bindings="load_data.name='image_folder'" \
+      --gin_bindings="load_data.image_dir='/data/flowers'"
+
+The encoder comes from <source_dir>/export/encoder.keras (what any user of the export gets),
+rebuilt for images of any size (its convolutions and global pooling do not depend on it), with
+the source's input normalisation (the one it was trained with) replacing the target dataset's.
+It is evaluated as a finished run is (evaluate.evaluate_encoders: linear probe and kNN on frozen
+features with the random-init and raw-pixel baselines, and the BYOL linear evaluation), and,
+with fine_tune, trained end to end with a new linear head (fine_tune's settings). The source's
+online probe (its classes) is never read. The long phases resume after a stop
+(<model_dir>/linear_eval_backup, finetune_backup).
+"""
+
+import os
+import tempfile
+import time
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from minc_tf import evaluate
+from minc_tf import run_dir
+from minc_tf.errors import UserError, int_at_least, real_in, require
+
+
+def load_encoder(source_dir, channels):
+  """(encoder accepting [N, H, W, channels] images of any H, W, mean, std, step) from the
+  export of the run in `source_dir`."""
+  path = os.path.join(source_dir, 'export', 'encoder.keras')
+  if not tf.io.gfile.exists(path):
+    raise UserError(f'{source_dir} has no exported encoder ({path}). Fix: point --source_dir '
+                    'at a finished minc_tf run (rerun its training command to finish it, or '
+                    f'run --mode=export --model_dir={source_dir}).')
+  local = path
+  if '://' in path:  # Keras loads local files: copy a gs:// export first
+    local = os.path.join(tempfile.mkdtemp(prefix='minc_tf_transfer_'), 'encoder.keras')
+    tf.io.gfile.copy(path, local, overwrite=True)
+  serving = keras.models.load_model(local)
+  inner = next(layer for layer in serving.layers if isinstance(layer, keras.Model))
+  source_channels = inner.input_shape[-1]
+  if source_channels != channels:
+    raise UserError(f'The encoder of {source_dir} takes {source_channels}-channel images; '
+                    f'this dataset has {channels}. Fix: bind load_data.channels = '
+                    f'{source_channels} (image folders are converted), or transfer an encoder '
+                    'trained on images like these.')
+  config = inner.get_config()
+  config['layers'][0]['config']['batch_shape'] = [None, None, None, source_channels]
+  encoder = keras.Model.from_config(config)
+  encoder.set_weights(inner.get_weights())
+  norm = serving.get_layer('normalize')
+  # Rescaling(scale=1 / (255 std), offset=-mean / std): the source's normalisation.
+  std = 1.0 / (255.0 * np.asarray(norm.scale, np.float64))
+  mean = -np.asarray(norm.offset, np.float64) * std
+  from minc_tf import export  # pylint: disable=import-outside-toplevel
+  return encoder, tuple(mean.tolist()), tuple(std.tolist()), export.exported_step(
+      os.path.dirname(path))
+
+
+@gin.configurable(denylist=['encoder', 'data', 'strategy', 'backup_dir'])
+def fine_tune(encoder, data, strategy, epochs=30, batch_size=256, base_learning_rate=0.01,
+              momentum=0.9, weight_decay=0.0, backup_dir=None):
+  """Top-1 (%) on the evaluation split of the encoder trained end to end with a new linear
+  head: SGD with Nesterov momentum, lr base_learning_rate x batch_size / 256 cosine-decayed,
+  on the linear evaluation's crops and flips (evaluate.offline_linear_eval with the encoder
+  trainable). The encoder passed in is changed (a copy of the export, not the export).
+  epochs / batch_size: the fine-tuning's length in epochs of the training split, and its batch.
+  base_learning_rate / momentum / weight_decay: its SGD (lr at batch 256; decoupled decay).
+  """
+  for name, value, check in (('epochs', epochs, int_at_least(1)),
+                             ('batch_size', batch_size, int_at_least(1)),
+                             ('base_learning_rate', base_learning_rate,
+                              real_in(0, float('inf'), low_open=True)),
+                             ('momentum', momentum, real_in(0, 1, high_open=True)),
+                             ('weight_decay', weight_decay, real_in(0, float('inf')))):
+    require(f'fine_tune.{name}', value, check)
+  return evaluate.offline_linear_eval(
+      encoder, data, strategy, epochs=epochs, batch_size=batch_size,
+      base_learning_rate=base_learning_rate, momentum=momentum, weight_decay=weight_decay,
+      backup_dir=backup_dir, trainable=True)
+
+
+def check_source(source_dir, model_dir):
+  """Before any data is read: a source is named, it is not the results' dir, and it holds an
+  export."""
+  if not source_dir:
+    raise UserError('--mode=transfer needs --source_dir, the finished run whose encoder to '
+                    'transfer. Fix: add --source_dir=<its --model_dir>.')
+  if os.path.abspath(source_dir) == os.path.abspath(model_dir):
+    raise UserError('--model_dir is the --source_dir: transfer results would mix with the '
+                    'run\'s own. Fix: give --model_dir a new directory.')
+  if not tf.io.gfile.exists(os.path.join(source_dir, 'export', 'encoder.keras')):
+    load_encoder(source_dir, None)  # its error names the fix
+
+
+@gin.configurable('transfer', denylist=['model_dir', 'source_dir', 'strategy', 'data',
+                                         'fine_tuning', 'reuse_model_dir'])
+def run(model_dir, source_dir, strategy, data, eval_batch_size=512, eval_train_examples=None,
+        eval_test_examples=None, baselines=True, knn=True, linear_eval=True, fine_tuning=False,
+        reuse_model_dir=False):
+  """Evaluates (and with fine_tuning, main's --mode=fine_tune, fine-tunes) the encoder of
+  `source_dir` on `data`; writes <model_dir>/results.json and returns the results.
+
+  eval_batch_size: images per batch of feature extraction.
+  eval_train_examples / eval_test_examples: caps on the images the probe and kNN read (None:
+    all).
+  baselines: also probe a random-init encoder of the same architecture and the raw pixels.
+  knn: also score weighted kNN on the frozen features.
+  linear_eval: also run the BYOL linear evaluation (offline_linear_eval's settings).
+  """
+  check_source(source_dir, model_dir)
+  if data.num_classes < 2:
+    raise UserError(f'{data.name} has {data.num_classes} labelled classes: a transfer '
+                    'evaluation needs at least two. Fix: use labelled images '
+                    '(<dir>/<class>/<image>), or a TFDS dataset with labels.')
+  encoder, mean, std, step = load_encoder(source_dir, data.image_shape[-1])
+  data.mean, data.std = mean, std  # the encoder's own normalisation, not the target's
+  for name, value in (('eval_batch_size', eval_batch_size),):
+    require(f'transfer.{name}', value, int_at_least(1))
+  run_dir.claim(model_dir, reuse=reuse_model_dir)
+  tf.io.gfile.makedirs(model_dir)
+  lock = run_dir.Lock(model_dir)
+  lock.acquire()
+  try:
+    start = time.time()
+    results = {'source_dir': source_dir, 'source_step': step, 'dataset': data.name,
+               'image_size': data.image_shape[0], 'num_classes': data.num_classes}
+    results.update(evaluate.evaluate_encoders(
+        encoder, data, eval_batch_size, eval_train_examples, eval_test_examples, baselines,
+        knn, strategy, linear_eval=linear_eval,
+        linear_eval_backup=os.path.join(model_dir, 'linear_eval_backup')))
+    if fine_tuning:
+      results['finetune_top1'] = fine_tune(encoder, data, strategy,
+                                           backup_dir=os.path.join(model_dir,
+                                                                   'finetune_backup'))
+    results['transfer_wall_time_s'] = round(time.time() - start, 1)
+    run_dir.write_results(model_dir, results, step, session=False, hparams=False)
+    return results
+  finally:
+    lock.release()
