@@ -11,6 +11,10 @@
 # The VM image is TensorFlow's runtime for TF_VERSION (tpu-vm-tf-X.Y.Z[-pod]-pjrt;
 # tpu-ubuntu2204-base is the JAX / PyTorch one), and the install matches it: tensorflow-tpu
 # TF_VERSION with its libtpu.
+# GIN (default gin/minc.gin) is the experiment; gin/tpu_<ACCELERATOR>.gin (TOPOLOGY_GIN) the
+# slice's batch that fits. RUN names the run dir (default <experiment>_<accelerator>): rerun
+# the same command to resume it. REPO: a git URL to clone on the VM; unset, `install` copies
+# this working tree's HEAD over (git archive + scp).
 # DRY_RUN=1 prints each command instead of running it.
 # ImageNet must be prepared once by TFDS under $BUCKET/tensorflow_datasets (README: Cloud TPU).
 set -euo pipefail
@@ -25,8 +29,17 @@ else
   VERSION=${VERSION:-tpu-vm-tf-${TF_VERSION}-pjrt}
 fi
 GIN=${GIN:-gin/minc.gin}
-RUN=${RUN:-$(basename "$GIN" .gin)_$(date +%Y%m%d_%H%M%S)}
-REPO=${REPO:-https://github.com/minc-tf/minc_tf.git}
+# The slice's batch, host loop and precision (docs/scaling.md): gin/tpu_<accelerator>.gin.
+TOPOLOGY_GIN=${TOPOLOGY_GIN:-gin/tpu_${ACCELERATOR//-/_}.gin}
+if [ ! -f "$(dirname "$0")/../$TOPOLOGY_GIN" ]; then
+  echo "No $TOPOLOGY_GIN for ACCELERATOR=$ACCELERATOR: its global batch would not be known to fit." >&2
+  echo "Fix: use a slice with a gin file (gin/tpu_*.gin), or write one (docs/scaling.md has the arithmetic) and set TOPOLOGY_GIN." >&2
+  exit 2
+fi
+# A stable name: rerunning the same command resumes the same run.
+RUN=${RUN:-$(basename "$GIN" .gin)_${ACCELERATOR}}
+# The source: a git URL you name (REPO=...), or else this working tree, copied over by scp.
+REPO=${REPO:-}
 LIBTPU_INDEX=https://storage.googleapis.com/libtpu-tf-releases/index.html
 
 run() {
@@ -52,12 +65,21 @@ case "$cmd" in
       --accelerator-type="$ACCELERATOR" --version="$VERSION"
     ;;
   install)
-    ssh0 "git clone $REPO minc_tf || (cd minc_tf && git pull); cd minc_tf && pip install -e '.[tpu]' tensorflow-tpu==$TF_VERSION -f $LIBTPU_INDEX"
+    pip_install="cd minc_tf && pip install -e '.[tpu]' tensorflow-tpu==$TF_VERSION -f $LIBTPU_INDEX"
+    if [ -n "$REPO" ]; then
+      ssh0 "(git clone $REPO minc_tf || (cd minc_tf && git pull)) && $pip_install"
+    else
+      tarball=$(mktemp -d)/minc_tf.tar.gz
+      run git -C "$(dirname "$0")/.." archive --format=tar.gz --prefix=minc_tf/ -o "$tarball" HEAD
+      run gcloud compute tpus tpu-vm scp "$tarball" "$TPU:minc_tf.tar.gz" --project="$PROJECT" \
+        --zone="$ZONE" --worker=0
+      ssh0 "rm -rf minc_tf && tar xzf minc_tf.tar.gz && $pip_install"
+    fi
     ;;
   train)
     extra=$(printf ' %q' "$@")
     if [ "$POD" = 1 ]; then target="--tpu=$TPU"; env="TPU_LOAD_LIBRARY=0 "; else target=--tpu=local; env=""; fi
-    ssh0 "cd minc_tf && ${env}nohup python3 -m minc_tf.main --gin_file=$GIN --strategy=tpu $target \
+    ssh0 "cd minc_tf && ${env}nohup python3 -m minc_tf.main --gin_file=$GIN --gin_file=$TOPOLOGY_GIN --strategy=tpu $target \
 --model_dir=$BUCKET/runs/$RUN --mode=train_and_eval \
 --gin_bindings=\"load_data.data_dir='$BUCKET/tensorflow_datasets'\"$extra > train_$RUN.log 2>&1 &"
     echo "model dir: $BUCKET/runs/$RUN (log: ~/minc_tf/train_$RUN.log on worker 0)"

@@ -76,6 +76,53 @@ def check_host_memory(model, strategy, global_batch_size):
                     'encoder.')
 
 
+# HBM per TensorFlow TPU device (a chip on v4 and later, a core on v2 / v3), by the prefix of
+# the accelerator type a TPU VM sets in TPU_ACCELERATOR_TYPE (Cloud TPU documentation).
+TPU_HBM_GIB = {'v2': 8, 'v3': 16, 'v4': 32, 'v5litepod': 16, 'v5e': 16, 'v5p': 95, 'v6e': 32}
+
+
+def activation_values(model):
+  """Layer-output values per image of the encoder and projector: what a training step keeps
+  for its backward pass, before XLA's fusion and rematerialisation (bench/memory.py's count)."""
+  return sum(math.prod(d or 1 for d in layer.output.shape[1:])
+             for net in (model.encoder, model.projector) for layer in net.layers)
+
+
+def largest_fitting_batch(values_per_image, value_bytes, budget_bytes, replicas):
+  """The largest global batch, a power of two times the replicas, whose two views per image fit
+  `budget_bytes` per replica (at least the replicas: one image each)."""
+  per_replica = max(int(budget_bytes // (2 * values_per_image * value_bytes)), 1)
+  return replicas * 2 ** int(math.log2(per_replica))
+
+
+def check_accelerator_memory(model, strategy, global_batch_size, mixed_precision,
+                             accelerator_type=None):
+  """Stops, before the step is compiled, a global batch whose per-replica activations (both
+  views, layer outputs in the compute dtype) exceed a TPU device's HBM, naming the largest
+  batch that fits. An estimate, not XLA's own count: it can be off either way by a small
+  factor, so it refuses only what it counts as over the whole HBM. Off the TPU (no
+  TPU_ACCELERATOR_TYPE), nothing is checked: GPUs report their own out-of-memory at the first
+  step, before any work is lost."""
+  accelerator_type = accelerator_type or os.environ.get('TPU_ACCELERATOR_TYPE', '')
+  kind = accelerator_type.split('-')[0].lower()
+  if kind not in TPU_HBM_GIB:
+    return
+  hbm = TPU_HBM_GIB[kind] * 2 ** 30
+  value_bytes = 2 if mixed_precision in ('mixed_bfloat16', 'mixed_float16') else 4
+  values = activation_values(model)
+  replicas = strategy.num_replicas_in_sync
+  need = 2 * values * value_bytes * global_batch_size / replicas
+  if need > hbm:
+    fits = largest_fitting_batch(values, value_bytes, hbm, replicas)
+    raise UserError(
+        f'run.global_batch_size = {global_batch_size} puts {global_batch_size // replicas} '
+        f'images (two views each) on each of the {replicas} TPU devices of this '
+        f'{accelerator_type}: about {need / 2 ** 30:.0f} GiB of activations '
+        f'({"bf16" if value_bytes == 2 else "float32"}) against {TPU_HBM_GIB[kind]} GiB of '
+        f'HBM per device. Fix: the gin file for this slice (gin/tpu_*.gin; docs/scaling.md), '
+        f'or run.global_batch_size = {fits} or lower, or more chips.')
+
+
 def host_ram():
   """This host's physical memory in bytes, None where the OS does not say."""
   try:

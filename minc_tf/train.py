@@ -273,6 +273,7 @@ def _set_up(settings):
     model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
                   steps_per_execution=steps_per_execution)
   runtime.check_host_memory(model, strategy, global_batch_size)
+  runtime.check_accelerator_memory(model, strategy, global_batch_size, mixed_precision)
   if mode in ('eval', 'train_and_eval'):
     runtime.check_evaluation_memory(
         model.encoder.output_shape[-1], data, settings.eval_train_examples,

@@ -50,8 +50,8 @@ def test_gpu_multi_worker_builds_tf_config(tmp_path):
 def dry_run(script, *args, **env):
   """The commands `script` would run (DRY_RUN=1), each as its argv list."""
   import shlex
-  env = dict(os.environ, PROJECT='p', ZONE='z', TPU='minc-tpu', BUCKET='gs://b', RUN='r',
-             DRY_RUN='1', **env)
+  env = dict(dict(os.environ, PROJECT='p', ZONE='z', TPU='minc-tpu', BUCKET='gs://b', RUN='r',
+                  DRY_RUN='1'), **env)
   out = subprocess.run(['bash', os.path.join(REPO, 'launch', script), *args], env=env,
                        capture_output=True, text=True, check=True).stdout
   return [shlex.split(line) for line in out.splitlines() if line.startswith(('gcloud', 'tens'))]
@@ -72,15 +72,24 @@ def test_tpu_launch_runs_tensorflow_as_google_runs_it(script, pod):
   assert create[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create']
   assert f'--version={image}' in create
   assert f'--accelerator-type={"v4-32" if pod else "v4-8"}' in create
-  [install] = dry_run(script, 'install')
+  # The source: this working tree's HEAD copied over, or a git URL the user names.
+  scp, install = dry_run(script, 'install')
+  assert scp[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp'] and '--worker=0' in scp
   command, worker = remote(install)
-  assert worker == '0'
-  assert "pip install -e '.[tpu]' tensorflow-tpu==2.20.0 -f " \
+  assert worker == '0' and command.startswith('rm -rf minc_tf && tar xzf minc_tf.tar.gz && ')
+  assert "cd minc_tf && pip install -e '.[tpu]' tensorflow-tpu==2.20.0 -f " \
          'https://storage.googleapis.com/libtpu-tf-releases/index.html' in command
+  [install] = dry_run(script, 'install', REPO='https://example.org/me/minc_tf.git')
+  command, _ = remote(install)
+  assert command.startswith('(git clone https://example.org/me/minc_tf.git minc_tf || '
+                            '(cd minc_tf && git pull)) && cd minc_tf && pip install')
   [train] = dry_run(script, 'train', '--gin_bindings=run.epochs=1')
   command, worker = remote(train)
   assert worker == '0'
   assert '--strategy=tpu' in command and '--model_dir=gs://b/runs/r' in command
+  # The slice's own gin file (a batch that fits), after the experiment's.
+  topology = 'gin/tpu_v4_32.gin' if pod else 'gin/tpu_v4_8.gin'
+  assert f'--gin_file=gin/minc.gin --gin_file={topology} ' in command
   assert '--gin_bindings=run.epochs=1' in command
   if pod:
     assert '--tpu=minc-tpu' in command and 'TPU_LOAD_LIBRARY=0 ' in command
@@ -97,8 +106,21 @@ def test_tpu_install_matches_the_packaged_tpu_extra():
   with open(os.path.join(REPO, 'setup.py')) as f:
     setup_py = f.read()
   assert "'tpu': ['tensorflow-tpu==2.20.*']" in setup_py
-  [install] = dry_run('tpu_vm.sh', 'install')
+  _, install = dry_run('tpu_vm.sh', 'install')
   assert 'tensorflow-tpu==2.20.0' in remote(install)[0]
+
+
+def test_a_rerun_of_the_same_command_names_the_same_run_and_a_slice_without_gin_stops():
+  names = set()
+  for _ in range(2):
+    [train] = dry_run('tpu_vm.sh', 'train', RUN='')
+    names.add(remote(train)[0].split('--model_dir=')[1].split()[0])
+  assert names == {'gs://b/runs/minc_v4-8'}
+  env = dict(os.environ, PROJECT='p', ZONE='z', TPU='t', BUCKET='gs://b', DRY_RUN='1',
+             ACCELERATOR='v4-2048')
+  proc = subprocess.run(['bash', os.path.join(REPO, 'launch', 'tpu_vm.sh'), 'train'], env=env,
+                        capture_output=True, text=True)
+  assert proc.returncode == 2 and 'No gin/tpu_v4_2048.gin for ACCELERATOR=v4-2048' in proc.stderr
 
 
 def test_accelerator_check_stops_at_once_without_a_gpu(tmp_path):

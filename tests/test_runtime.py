@@ -51,3 +51,49 @@ def test_an_evaluation_beyond_the_host_memory_is_refused_with_a_cap_that_fits(mo
   gin.parse_config('knn_accuracy.chunk = 1')
   runtime.check_evaluation_memory(16, data, 101, 50, True, True, False)
   gin.clear_config()
+
+
+def test_largest_fitting_batch_is_a_power_of_two_per_replica():
+  # 1000 values per view, 2 bytes, 2 views: 4000 bytes per image; 1e6 bytes -> 250 -> 128.
+  assert runtime.largest_fitting_batch(1000, 2, 1e6, 4) == 4 * 128
+  assert runtime.largest_fitting_batch(1000, 2, 10, 4) == 4  # at least one image each
+
+
+def test_each_tpu_slice_config_fits_and_the_recipe_batch_is_refused_on_a_v4_8():
+  """Every gin/tpu_*.gin on gin/minc.gin: its batch passes the HBM check of its slice and its
+  host loop divides the epoch; B = 4096 on a v4-8 (1024 images per chip, ~144 GiB) stops
+  with the batch that fits."""
+  import glob
+  import os
+  import types
+  import keras
+  from minc_tf import config
+  from minc_tf import model as model_lib
+  from conftest import REPO
+  config.parse_gin(['gin/minc.gin'], [])
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  model = model_lib.build_model((224, 224, 3), num_classes=1000)
+  files = sorted(glob.glob(os.path.join(REPO, 'gin', 'tpu_*.gin')))
+  assert len(files) == 3
+  devices = {'v4_8': 4, 'v4_32': 16, 'v5litepod_64': 64}
+  for path in files:
+    name = os.path.basename(path)[4:-4]
+    gin.clear_config()
+    config.parse_gin(['gin/minc.gin', path], [])
+    run = gin.get_bindings('run')
+    strategy = types.SimpleNamespace(num_replicas_in_sync=devices[name])
+    runtime.check_accelerator_memory(model, strategy, run['global_batch_size'],
+                                     run['mixed_precision'], name.replace('_', '-'))
+    assert (1281167 // run['global_batch_size']) % run['steps_per_execution'] == 0, name
+    # Twice the batch would not fit by the same count: each file takes the largest that does.
+    with pytest.raises(UserError):
+      runtime.check_accelerator_memory(model, strategy, 2 * run['global_batch_size'],
+                                       run['mixed_precision'], name.replace('_', '-'))
+  with pytest.raises(UserError, match=r'1024 images .* 4 TPU devices of this v4-8: about 144 '
+                                      r'GiB .* 32 GiB .* run.global_batch_size = 512'):
+    runtime.check_accelerator_memory(model, types.SimpleNamespace(num_replicas_in_sync=4), 4096,
+                                     'mixed_bfloat16', 'v4-8')
+  # Off the TPU: nothing is checked.
+  runtime.check_accelerator_memory(model, types.SimpleNamespace(num_replicas_in_sync=1), 4096,
+                                   None, '')
+  gin.clear_config()
