@@ -33,7 +33,7 @@ class Progress:
     logging.info('%s: %d/%s%s', self.what, done, self.total or '?', left)
 
 
-def extract_features(encoder, dataset, strategy=None, cache=None):
+def extract_features(encoder, dataset, strategy=None, cache=None, sharded=None):
   """Runs `encoder` (inference mode) over (image, label) batches on the replicas of `strategy`
   (default: the current one); returns (features, labels) in the dataset's order.
 
@@ -41,6 +41,10 @@ def extract_features(encoder, dataset, strategy=None, cache=None):
   stay static (TPUs compile one program) and a short last batch is no special case; the padding
   is masked out. Each worker of a multi-worker strategy embeds the whole dataset (auto-sharding
   off), so that every worker holds all the features its probe needs.
+  sharded (default: under TPUStrategy): each input pipeline (a pod's host) reads every
+  num_input_pipelines-th example only (host_shard), and the one client puts the features back
+  in order: without it every host of a single-client pod would feed the whole split and each
+  image would count once per host.
   """
   strategy = strategy or tf.distribute.get_strategy()
   batch = None
@@ -48,37 +52,67 @@ def extract_features(encoder, dataset, strategy=None, cache=None):
     batch = int(images.shape[0])
   if batch is None:
     raise ValueError('extract_features: empty dataset')
-  if batch % strategy.num_replicas_in_sync:
+  replicas = strategy.num_replicas_in_sync
+  if batch % replicas:
     raise UserError(f'run.eval_batch_size = {batch} does not divide by the '
-                    f'{strategy.num_replicas_in_sync} replicas. Fix: bind run.eval_batch_size to '
-                    f'a multiple of {strategy.num_replicas_in_sync}.')
-
-  def pad(images, labels):
-    n = tf.shape(images)[0]
-    images = tf.pad(images, [[0, batch - n]] + [[0, 0]] * (len(images.shape) - 1))
-    images.set_shape([batch] + images.shape[1:].as_list())
-    labels = tf.pad(labels, [[0, batch - n]])
-    labels.set_shape([batch])
-    return images, labels, tf.range(batch) < n
-
-  padded = dataset.map(pad)
-  options = tf.data.Options()
-  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-  dist = strategy.experimental_distribute_dataset(padded.with_options(options))
+                    f'{replicas} replicas. Fix: bind run.eval_batch_size to '
+                    f'a multiple of {replicas}.')
+  if sharded is None:
+    sharded = isinstance(strategy, tf.distribute.TPUStrategy)
+  steps = int(dataset.cardinality())
   embed = _embedding_function(encoder, strategy, cache)
 
   def local(value):
     return np.concatenate([np.asarray(v) for v in strategy.experimental_local_results(value)])
 
-  feats, labels = [], []
-  size = int(dataset.cardinality())
-  progress = Progress('feature extraction, batches', size if size >= 0 else None)
-  for i, (images, y, valid) in enumerate(dist):
-    f, y, m = (local(v) for v in embed(images, y, valid))
+  if sharded and steps > 0:
+    dist = strategy.distribute_datasets_from_function(
+        lambda ctx: host_shard(dataset, ctx, batch // replicas, steps))
+  else:
+    def pad(images, labels):
+      n = tf.shape(images)[0]
+      images = tf.pad(images, [[0, batch - n]] + [[0, 0]] * (len(images.shape) - 1))
+      images.set_shape([batch] + images.shape[1:].as_list())
+      labels = tf.pad(labels, [[0, batch - n]])
+      labels.set_shape([batch])
+      return images, labels, tf.range(batch, dtype=tf.int64), tf.range(batch) < n
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dist = strategy.experimental_distribute_dataset(dataset.map(pad).with_options(options))
+
+  feats, labels, order = [], [], []
+  progress = Progress('feature extraction, batches', steps if steps >= 0 else None)
+  for i, (images, y, index, valid) in enumerate(dist):
+    f, y, index, m = (local(v) for v in embed(images, y, index, valid))
     feats.append(f[m])
     labels.append(y[m])
+    order.append(index[m] + (0 if sharded and steps > 0 else i * batch))
     progress(i + 1)
-  return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)
+  feats, labels, order = (np.concatenate(x) for x in (feats, labels, order))
+  if sharded and steps > 0:  # the hosts' shards interleaved back into the dataset's order
+    perm = np.argsort(order, kind='stable')
+    feats, labels, order = feats[perm], labels[perm], order[perm]
+    if len(np.unique(order)) != len(order):
+      raise RuntimeError('extract_features: an example was embedded twice (input sharding)')
+  return feats.astype(np.float32), labels.astype(np.int64)
+
+
+def host_shard(dataset, input_context, per_replica_batch, steps):
+  """One input pipeline's share of `dataset` ((image, label) batches) for extract_features:
+  every num_input_pipelines-th example from its id, each with its index in the dataset, in
+  per-replica batches, padded (mask False) to `steps` batches for each replica it feeds, so
+  that every host runs the same number of steps."""
+  pipelines, me = input_context.num_input_pipelines, input_context.input_pipeline_id
+  here = input_context.num_replicas_in_sync // pipelines
+  image_spec, label_spec = dataset.element_spec
+  examples = dataset.unbatch().enumerate().shard(pipelines, me)
+  examples = examples.map(lambda i, ex: (ex[0], ex[1], i, True))
+  blank = tf.data.Dataset.from_tensors(
+      (tf.zeros(image_spec.shape[1:], image_spec.dtype), tf.zeros([], label_spec.dtype),
+       tf.constant(-1, tf.int64), False)).repeat()
+  need = steps * here * per_replica_batch
+  return examples.concatenate(blank).take(need).batch(per_replica_batch, drop_remainder=True)
 
 
 def _embedding_function(encoder, strategy, cache):
@@ -90,9 +124,9 @@ def _embedding_function(encoder, strategy, cache):
     return cache['embed']
 
   @tf.function
-  def embed(images, labels, valid):
-    return strategy.run(lambda x, y, m: (encoder(x, training=False), y, m),
-                        args=(images, labels, valid))
+  def embed(images, *passed):  # labels, indices and masks pass through beside the features
+    return strategy.run(lambda x, *rest: (encoder(x, training=False),) + tuple(rest),
+                        args=(images,) + passed)
 
   if cache is not None:
     cache.update(embed=embed, **{'for': (encoder, strategy)})

@@ -317,3 +317,38 @@ def test_long_loops_log_their_progress_and_time_left(monkeypatch, caplog):
     progress(90)  # t = 100
   lines = [r.getMessage() for r in caplog.records if 'kNN' in r.getMessage()]
   assert lines == ['kNN, queries: 40/100, about 60 s left', 'kNN, queries: 90/100, about 11 s left']
+
+
+def test_each_host_of_a_pod_embeds_its_own_share_once():
+  """4 input pipelines (a v4-32's hosts) feeding 8 replicas, 23 examples in batches of 8: each
+  example goes to exactly one pipeline, every pipeline runs the same number of steps (padding
+  masked), and the indices put the features back in order."""
+  x = np.arange(23, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1), np.float32)
+  ds = tf.data.Dataset.from_tensor_slices((x, np.arange(23))).batch(8)
+  seen, steps = [], set()
+  for p in range(4):
+    ctx = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=p,
+                                     num_replicas_in_sync=8)
+    batches = list(evaluate.host_shard(ds, ctx, per_replica_batch=1, steps=3))
+    steps.add(len(batches))
+    for images, labels, index, valid in batches:
+      for img, lab, i, v in zip(images.numpy(), labels.numpy(), index.numpy(), valid.numpy()):
+        if v:
+          assert img[0, 0, 0] == lab == i  # the example and its own index
+          seen.append(int(i))
+  assert steps == {3 * 2}  # 3 steps x 2 replicas per host, on every host
+  assert sorted(seen) == list(range(23))  # each example once over the hosts
+
+
+def test_sharded_extraction_equals_the_unsharded_one(mirrored):
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(10, 6, 6, 1)).astype(np.float32)
+  ds = tf.data.Dataset.from_tensor_slices((x, np.arange(10))).batch(4)
+  with mirrored.scope():
+    enc = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3),
+                            keras.layers.GlobalAveragePooling2D()])
+  f1, y1 = evaluate.extract_features(enc, ds, mirrored, sharded=False)
+  f2, y2 = evaluate.extract_features(enc, ds, mirrored, sharded=True)
+  np.testing.assert_array_equal(y2, np.arange(10))
+  np.testing.assert_array_equal(y1, y2)
+  np.testing.assert_allclose(f2, f1, rtol=1e-6, atol=1e-6)
