@@ -16,7 +16,7 @@ import numpy as np
 DEFINING_PREFIXES = ('build_model.', 'build_encoder.', 'build_optimizer.', 'view_transforms.',
                      'load_data.')
 DEFINING_RUN = ('run.global_batch_size', 'run.epochs', 'run.steps_per_epoch', 'run.seed',
-                'run.augment_on_device', 'run.mixed_precision')
+                'run.augment_on_device', 'run.mixed_precision', 'run.sync_bn')
 # Where the data lies, how it is read, and what is evaluated on: not what the run trains.
 NOT_DEFINING = ('load_data.data_dir', 'load_data.idx_dir', 'load_data.image_dir',
                 'load_data.cache', 'load_data.on_corrupt', 'load_data.eval_split',

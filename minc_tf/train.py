@@ -82,7 +82,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
         checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
-        max_weight_growth=1e4, allow_config_change=False, reuse_model_dir=False):
+        max_weight_growth=1e4, sync_bn=None, allow_config_change=False, reuse_model_dir=False):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -127,6 +127,9 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
     variables above this many times their norm when this training started (a resumed run:
     its restored weights; or a non-finite norm)
     stops the run as a NaN loss does, the last sane checkpoint kept (None: the loss alone).
+  sync_bn: BatchNorm statistics over the global batch (one all-reduce per BN layer per step);
+    None: when there is more than one replica (as SimCLR and BYOL train); False keeps them per
+    replica (fewer collectives on GPU clusters, a different estimator).
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
   reuse_model_dir (main's flag): use a dir of other files (run_dir.claim). Every mode holds
@@ -162,7 +165,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
        real_in(0, math.inf, low_open=True, optional=True)),
       ('keep_checkpoints', keep_checkpoints, int_at_least(1)),
       ('max_weight_growth', max_weight_growth,
-       real_in(1, math.inf, low_open=True, optional=True))):
+       real_in(1, math.inf, low_open=True, optional=True)),
+      ('sync_bn', sync_bn, one_of((None, False, True)))):
     require(f'run.{name}', value, check)
   evaluate.check_settings()
   if seed is not None:
@@ -268,7 +272,8 @@ def _set_up(settings):
   keras.mixed_precision.set_global_policy(mixed_precision or 'float32')
   with strategy.scope():
     model = model_lib.build_model(data.image_shape, num_classes=data.num_classes,
-                                  total_steps=steps_per_epoch * epochs, sync_bn=replicas > 1)
+                                  total_steps=steps_per_epoch * epochs,
+                                  sync_bn=replicas > 1 if settings.sync_bn is None else settings.sync_bn)
     optimizer = optim.build_optimizer(global_batch_size, steps_per_epoch, epochs)
     model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
                   steps_per_execution=steps_per_execution)

@@ -239,3 +239,20 @@ def test_the_image_folder_config_pretrains_and_evaluates_a_labelled_folder(tmp_p
   res = results(tmp_path / 'run')
   assert res['dataset'] == 'image_folder' and res['steps'] == 3  # 36 training images / 12
   assert 'probe_top1' in res and 'raw_pixel_top1' in res
+
+
+@pytest.mark.parametrize('binding,replicas,expected', [
+    (None, 'mirrored', True), (None, 'default', False), ('run.sync_bn=False', 'mirrored', False)])
+def test_sync_bn_is_a_setting_that_reaches_the_model(idx_dir, tmp_path, cli, monkeypatch,
+                                                     binding, replicas, expected):
+  from minc_tf import model as model_lib
+  from minc_tf.errors import UserError
+  seen = {}
+
+  def capture(*args, **kwargs):
+    seen['sync_bn'] = kwargs['sync_bn']
+    raise UserError('stop here')
+  monkeypatch.setattr(model_lib, 'build_model', capture)
+  extra = [f'--strategy={replicas}'] + ([f'--gin_bindings={binding}'] if binding else [])
+  code, out = cli(argv(str(tmp_path / 'run'), idx_dir, *extra))
+  assert code == 2 and 'stop here' in out and seen == {'sync_bn': expected}, out[-1500:]

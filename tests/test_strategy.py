@@ -77,3 +77,11 @@ def test_a_bad_tf_config_is_refused_with_the_fix(text, message):
 def test_a_good_tf_config_passes():
   strategy_lib.check_tf_config(json.dumps({'cluster': {'chief': ['h:1'], 'worker': ['h:2']},
                                            'task': {'type': 'chief', 'index': 0}}))
+
+
+def test_multi_worker_all_reduces_use_nccl_where_there_are_gpus():
+  import tensorflow as tf
+  impl = tf.distribute.experimental.CommunicationImplementation
+  assert strategy_lib.multi_worker_communication(gpus=['GPU:0']).implementation == impl.NCCL
+  assert strategy_lib.multi_worker_communication(gpus=[]).implementation == impl.AUTO
+  assert strategy_lib.multi_worker_communication().implementation == impl.AUTO  # this CPU host
