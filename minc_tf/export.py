@@ -1,7 +1,7 @@
 """Export of the encoder for downstream use, independent of minc_tf.
 
-<export_dir>/ holds a SavedModel whose `serve` endpoint maps uint8 images [N, H, W, C] to float32
-features [N, D] (scaling and normalisation inside; float32 throughout, whatever precision the
+<export_dir>/ holds a SavedModel whose `serve` endpoint maps uint8 images [N, H, W, C] (any H and
+W: the training size is not built in) to float32 features [N, D] (scaling and normalisation inside; float32 throughout, whatever precision the
 encoder trained in), and <export_dir>/encoder.keras, the same
 model as a Keras file, and export_info.json the training step it was taken at. Loading either
 needs only TensorFlow / Keras.
@@ -18,23 +18,31 @@ import tensorflow as tf
 from minc_tf import files
 
 
-def float32_encoder(encoder):
-  """`encoder` itself when it computes in float32, else a float32 copy of it (the same layers
-  and weights): a model trained under mixed_bfloat16 would otherwise be exported in bf16, giving
-  downstream users bf16 features and slow CPU inference."""
-  if all(layer.dtype_policy.compute_dtype == 'float32' for layer in encoder.layers):
+def float32_encoder(encoder, any_size=False):
+  """`encoder` itself when it computes in float32 (and, with any_size, already takes images of
+  any height and width), else a copy of it with the same layers and weights: in float32 (a model
+  trained under mixed_bfloat16 would otherwise be exported in bf16, giving downstream users
+  bf16 features and slow CPU inference) and, with any_size, for [N, None, None, C] images (the
+  convolutions and the global pooling do not depend on the size)."""
+  in_float32 = all(layer.dtype_policy.compute_dtype == 'float32' for layer in encoder.layers)
+  sized = not any_size or tuple(encoder.input_shape[1:3]) == (None, None)
+  if in_float32 and sized:
     return encoder
 
   def as_float32(layer):
     return layer.__class__.from_config(dict(layer.get_config(), dtype='float32'))
 
-  copy = keras.models.clone_model(encoder, clone_function=as_float32)
+  inputs = keras.Input((None, None, encoder.input_shape[-1])) if any_size else None
+  copy = keras.models.clone_model(encoder, input_tensors=inputs,
+                                  clone_function=None if in_float32 else as_float32)
   copy.set_weights([np.asarray(w, np.float32) for w in encoder.get_weights()])
   return copy
 
 
 def serving_model(encoder, mean, std):
-  """uint8 images -> normalised floats -> encoder features, built from stock Keras layers only."""
+  """uint8 images -> normalised floats -> encoder features, built from stock Keras layers only.
+  The images may be of any size (the encoder is rebuilt for it: float32_encoder)."""
+  encoder = float32_encoder(encoder, any_size=True)
   image_shape = tuple(encoder.input_shape[1:])
   inputs = keras.Input(shape=image_shape, dtype='uint8', name='image')
   std = np.asarray(std, np.float32)
@@ -67,7 +75,7 @@ def export_encoder(encoder, mean, std, export_dir, step=None):
   (gs://) and ram:// have no directory rename: the files are copied over one by one, with
   export_info.json removed first and written last, so an export without it is incomplete.
   """
-  model = serving_model(float32_encoder(encoder), mean, std)
+  model = serving_model(encoder, mean, std)
   export_dir = export_dir.rstrip('/')
   parent, name = os.path.split(export_dir)
   # Not '<export_dir>.tmp' on remote filesystems: ram:// lists a directory's children by name

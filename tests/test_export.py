@@ -27,6 +27,16 @@ def test_serve_takes_uint8_and_normalises(tmp_path):
   expected = encoder((images / 255.0 - np.array(mean)) / np.array(std)).numpy()
   assert served.dtype == np.float32 and served.shape == (5, 4)
   np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+  # Any image size: the encoder's convolutions and pooling at 12 x 10, in the SavedModel and
+  # in encoder.keras alike.
+  other = np.random.default_rng(1).integers(0, 256, size=(2, 12, 10, 3)).astype(np.uint8)
+  normalised = ((other / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32)
+  conv, pool = encoder.layers
+  expected = pool(conv(normalised)).numpy()
+  np.testing.assert_allclose(loaded.serve(tf.constant(other)).numpy(), expected, rtol=1e-5,
+                             atol=1e-6)
+  keras_file = keras.models.load_model(os.path.join(path, 'encoder.keras'))
+  np.testing.assert_allclose(keras_file(other), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_export_replaces_the_directory_atomically(tmp_path):
