@@ -1,7 +1,9 @@
 """Evaluation of frozen representations: feature extraction, linear probe, kNN, and the
 offline linear evaluation of the BYOL protocol."""
 
+import hashlib
 import inspect
+import json
 import math
 import time
 
@@ -37,7 +39,8 @@ def extract_features(encoder, dataset, strategy=None, cache=None, sharded=None):
   """Runs `encoder` (inference mode) over (image, label) batches on the replicas of `strategy`
   (default: the current one); returns (features, labels) in the dataset's order.
 
-  Every batch is padded to the first batch's size and split across the replicas, so that shapes
+  Every batch is padded to the first batch's size (rounded up to a multiple of the replicas)
+  and split across the replicas, so that shapes
   stay static (TPUs compile one program) and a short last batch is no special case; the padding
   is masked out. Each worker of a multi-worker strategy embeds the whole dataset (auto-sharding
   off), so that every worker holds all the features its probe needs.
@@ -53,10 +56,9 @@ def extract_features(encoder, dataset, strategy=None, cache=None, sharded=None):
   if batch is None:
     raise ValueError('extract_features: empty dataset')
   replicas = strategy.num_replicas_in_sync
-  if batch % replicas:
-    raise UserError(f'run.eval_batch_size = {batch} does not divide by the '
-                    f'{replicas} replicas. Fix: bind run.eval_batch_size to '
-                    f'a multiple of {replicas}.')
+  # Padded up to a multiple of the replicas (the first batch is short when the dataset is
+  # smaller than a batch): every replica gets an equal, static share.
+  batch = -(-batch // replicas) * replicas
   if sharded is None:
     sharded = isinstance(strategy, tf.distribute.TPUStrategy)
   steps = int(dataset.cardinality())
@@ -275,15 +277,16 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   seed: seed of its crops, order and initialisation.
   verbose: Keras' verbosity of its fit (0 silent, 1 progress bar, 2 one line per epoch).
   splits: the splits it scores (default: the evaluation split).
-  backup_dir: Keras' BackupAndRestore directory: the training state saved every epoch, so that
-    a stopped evaluation resumes at its last epoch (removed once it finishes; None: none).
+  backup_dir: Keras' BackupAndRestore directory (with a digest of these settings appended): the
+    training state saved every epoch, so that a stopped evaluation resumes at its last epoch
+    (removed once it finishes; None: none).
   trainable: train the encoder too, end to end (transfer.py's fine-tuning; its BatchNorm then
     in training mode).
   """
   strategy = strategy or tf.distribute.get_strategy()
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)
   was_trainable = encoder.trainable
-  encoder.trainable = trainable  # frozen: the linear layer alone is trained
+  encoder.trainable = trainable  # frozen (the default): the linear layer alone is trained
   try:
     with strategy.scope():
       images = keras.Input(data.image_shape)
@@ -298,12 +301,26 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
                                          weight_decay=weight_decay or None),
           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
           metrics=['accuracy'])
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir)] if backup_dir else []
+    callbacks = []
+    if backup_dir:
+      # Named by what it trains: a backup of other settings (or of another encoder, whose
+      # weights the caller's step names) is never resumed into this one.
+      digest = hashlib.sha1(json.dumps(
+          [epochs, batch_size, base_learning_rate, momentum, nesterov, weight_decay,
+           list(crop_area), steps, seed, trainable, data.num_classes,
+           list(data.image_shape)]).encode()).hexdigest()[:10]
+      callbacks.append(keras.callbacks.BackupAndRestore(f'{backup_dir}_{digest}'))
     classifier.fit(data.linear_eval_dataset(batch_size, seed=seed, crop_area=crop_area),
                    epochs=epochs, steps_per_epoch=steps, verbose=verbose, callbacks=callbacks)
-    top1 = [100.0 * float(classifier.evaluate(
-        data.eval_dataset(split, eval_batch_size or batch_size), verbose=verbose)[1])
-            for split in ([data.eval_split] if splits is None else splits)]
+    # Scored through extract_features, not classifier.evaluate: its padding gives every
+    # replica a full share of a short last batch (Keras' evaluate hands a replica an empty
+    # one, which BatchNorm under a multi-replica strategy refuses), and pod hosts read their
+    # own shards.
+    top1 = []
+    for split in ([data.eval_split] if splits is None else splits):
+      logits, labels = extract_features(
+          classifier, data.eval_dataset(split, eval_batch_size or batch_size), strategy)
+      top1.append(100.0 * float(np.mean(np.argmax(logits, axis=1) == labels)))
   finally:
     encoder.trainable = was_trainable
   return top1 if splits is not None else top1[0]
@@ -312,8 +329,13 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
 def settings(name):
   """{parameter: value} of this module's configurable `name` as gin binds it (defaults
   filled in)."""
-  values = {p.name: p.default for p in inspect.signature(globals()[name]).parameters.values()}
-  values.update(gin.get_bindings(name))
+  return settings_of(globals()[name])
+
+
+def settings_of(fn):
+  """{parameter: value} of the gin configurable `fn` as gin binds it (defaults filled in)."""
+  values = {p.name: p.default for p in inspect.signature(fn).parameters.values()}
+  values.update(gin.get_bindings(fn.__name__))
   return values
 
 

@@ -87,7 +87,7 @@ def claim(model_dir, reuse=False):
     return
   names = [n.rstrip('/') for n in tf.io.gfile.listdir(model_dir)]
   names = [n for n in names if not n.startswith('.')]
-  ours = [n for n in names if n in RECORD or n.startswith('events.out.tfevents')]  # a study's
+  ours = [n for n in names if n in RECORD or n.startswith(('events.out.tfevents', 'backup_'))]  # a study's
   if names and not ours:
     shown = ', '.join(sorted(names)[:5]) + (' ...' if len(names) > 5 else '')
     raise UserError(f'{model_dir} already holds files that are not a minc_tf run ({shown}); a '

@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 
+from absl import logging
 import gin
 import tensorflow as tf
 
@@ -106,6 +107,10 @@ def check_accelerator_memory(model, strategy, global_batch_size, mixed_precision
   accelerator_type = accelerator_type or os.environ.get('TPU_ACCELERATOR_TYPE', '')
   kind = accelerator_type.split('-')[0].lower()
   if kind not in TPU_HBM_GIB:
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+      logging.warning('TPU_ACCELERATOR_TYPE is %r: the batch is not checked against the '
+                      "TPU's memory (export TPU_ACCELERATOR_TYPE=v4-8 or the like; "
+                      'launch/tpu_vm.sh does).', accelerator_type)
     return
   hbm = TPU_HBM_GIB[kind] * 2 ** 30
   value_bytes = 2 if mixed_precision in ('mixed_bfloat16', 'mixed_float16') else 4

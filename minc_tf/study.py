@@ -391,8 +391,14 @@ def run_name(configuration, seed, model_dir=None):
     return param in defaults, schema.record_value(defaults.get(param))
 
   defining = {}
+  from minc_tf import methods  # pylint: disable=import-outside-toplevel
+  method = gin.get_bindings('build_model').get('method', gin_internals.defaults(
+      'build_model').get('method'))
+  read = methods.get(method).SETTINGS if method in methods.names() else {}
   for key in schema.NAMING_DEFAULTS:  # unbound: the code's current default, named if changed
     selector, _, param = key.rpartition('.')
+    if param not in read:  # a setting this run's method never reads changes nothing
+      continue
     current = schema.record_value(gin_internals.defaults(selector).get(param))
     if current != default(key)[1]:
       defining[key] = current

@@ -201,7 +201,7 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
           baselines, knn, strategy, report_test, linear_eval=offline_linear_eval,
           projector=job.model.projector, objective_pairs=objective_pairs,
           objective_mu=getattr(job.model.method, 'mu', None),
-          linear_eval_backup=job.out('linear_eval_backup')))
+          linear_eval_backup=job.out(f'backup_linear_eval_step{job.checkpointer.step}')))
     if mode in TRAINING:
       title = f'{job.model.method.name}, {job.data.name}, batch {global_batch_size}, {epochs} epochs'
       if 'probe_top1' in results:
@@ -278,7 +278,8 @@ def _set_up(settings):
     model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
                   steps_per_execution=steps_per_execution)
   runtime.check_host_memory(model, strategy, global_batch_size)
-  runtime.check_accelerator_memory(model, strategy, global_batch_size, mixed_precision)
+  if mode in TRAINING:  # eval and export run no training step
+    runtime.check_accelerator_memory(model, strategy, global_batch_size, mixed_precision)
   if mode in ('eval', 'train_and_eval'):
     runtime.check_evaluation_memory(
         model.encoder.output_shape[-1], data, settings.eval_train_examples,

@@ -11,7 +11,7 @@ It is evaluated as a finished run is (evaluate.evaluate_encoders: linear probe a
 features with the random-init and raw-pixel baselines, and the BYOL linear evaluation), and,
 with fine_tune, trained end to end with a new linear head (fine_tune's settings). The source's
 online probe (its classes) is never read. The long phases resume after a stop
-(<model_dir>/linear_eval_backup, finetune_backup).
+(<model_dir>/backup_linear_eval_*, backup_finetune_*); the probe and kNN, minutes, run again.
 """
 
 import os
@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from minc_tf import evaluate
 from minc_tf import run_dir
+from minc_tf import runtime
 from minc_tf.errors import UserError, int_at_least, real_in, require
 
 
@@ -45,9 +46,10 @@ def load_encoder(source_dir, channels):
   source_channels = inner.input_shape[-1]
   if source_channels != channels:
     raise UserError(f'The encoder of {source_dir} takes {source_channels}-channel images; '
-                    f'this dataset has {channels}. Fix: bind load_data.channels = '
-                    f'{source_channels} (image folders are converted), or transfer an encoder '
-                    'trained on images like these.')
+                    f'this dataset has {channels}. Fix: for an image folder bind '
+                    f'load_data.channels = {source_channels} (its images are converted); a '
+                    'TFDS dataset has its own channel count: transfer an encoder trained on '
+                    'images like these.')
   config = inner.get_config()
   config['layers'][0]['config']['batch_shape'] = [None, None, None, source_channels]
   encoder = keras.Model.from_config(config)
@@ -61,6 +63,16 @@ def load_encoder(source_dir, channels):
       os.path.dirname(path))
 
 
+def check_fine_tune(epochs, batch_size, base_learning_rate, momentum, weight_decay):
+  for name, value, check in (('epochs', epochs, int_at_least(1)),
+                             ('batch_size', batch_size, int_at_least(1)),
+                             ('base_learning_rate', base_learning_rate,
+                              real_in(0, float('inf'), low_open=True)),
+                             ('momentum', momentum, real_in(0, 1, high_open=True)),
+                             ('weight_decay', weight_decay, real_in(0, float('inf')))):
+    require(f'fine_tune.{name}', value, check)
+
+
 @gin.configurable(denylist=['encoder', 'data', 'strategy', 'backup_dir'])
 def fine_tune(encoder, data, strategy, epochs=30, batch_size=256, base_learning_rate=0.01,
               momentum=0.9, weight_decay=0.0, backup_dir=None):
@@ -71,13 +83,7 @@ def fine_tune(encoder, data, strategy, epochs=30, batch_size=256, base_learning_
   epochs / batch_size: the fine-tuning's length in epochs of the training split, and its batch.
   base_learning_rate / momentum / weight_decay: its SGD (lr at batch 256; decoupled decay).
   """
-  for name, value, check in (('epochs', epochs, int_at_least(1)),
-                             ('batch_size', batch_size, int_at_least(1)),
-                             ('base_learning_rate', base_learning_rate,
-                              real_in(0, float('inf'), low_open=True)),
-                             ('momentum', momentum, real_in(0, 1, high_open=True)),
-                             ('weight_decay', weight_decay, real_in(0, float('inf')))):
-    require(f'fine_tune.{name}', value, check)
+  check_fine_tune(epochs, batch_size, base_learning_rate, momentum, weight_decay)
   return evaluate.offline_linear_eval(
       encoder, data, strategy, epochs=epochs, batch_size=batch_size,
       base_learning_rate=base_learning_rate, momentum=momentum, weight_decay=weight_decay,
@@ -117,14 +123,30 @@ def run(model_dir, source_dir, strategy, data, eval_batch_size=512, eval_train_e
     raise UserError(f'{data.name} has {data.num_classes} labelled classes: a transfer '
                     'evaluation needs at least two. Fix: use labelled images '
                     '(<dir>/<class>/<image>), or a TFDS dataset with labels.')
-  encoder, mean, std, step = load_encoder(source_dir, data.image_shape[-1])
+  # Every setting before any work (a bad one would otherwise stop it after the long phases).
+  require('transfer.eval_batch_size', eval_batch_size, int_at_least(1))
+  for name, value in (('eval_train_examples', eval_train_examples),
+                      ('eval_test_examples', eval_test_examples)):
+    require(f'transfer.{name}', value, int_at_least(1, optional=True))
+  evaluate.check_settings()
+  if fine_tuning:
+    tuned = evaluate.settings_of(fine_tune)
+    check_fine_tune(*(tuned[k] for k in ('epochs', 'batch_size', 'base_learning_rate',
+                                         'momentum', 'weight_decay')))
+  with strategy.scope():  # its variables on the strategy's devices (fine-tuning trains them)
+    encoder, mean, std, step = load_encoder(source_dir, data.image_shape[-1])
   data.mean, data.std = mean, std  # the encoder's own normalisation, not the target's
-  for name, value in (('eval_batch_size', eval_batch_size),):
-    require(f'transfer.{name}', value, int_at_least(1))
-  run_dir.claim(model_dir, reuse=reuse_model_dir)
-  tf.io.gfile.makedirs(model_dir)
-  lock = run_dir.Lock(model_dir)
-  lock.acquire()
+  runtime.check_evaluation_memory(encoder.output_shape[-1], data, eval_train_examples,
+                                  eval_test_examples, baselines, knn, False)
+  # A multi-worker run: every worker computes (collectives), the chief alone writes model_dir.
+  chief = strategy.extended.should_checkpoint
+  if chief:
+    run_dir.claim(model_dir, reuse=reuse_model_dir)
+    tf.io.gfile.makedirs(model_dir)
+  out_dir = runtime.worker_dir(strategy, model_dir)
+  lock = run_dir.Lock(model_dir) if chief else None
+  if lock is not None:
+    lock.acquire()
   try:
     start = time.time()
     results = {'source_dir': source_dir, 'source_step': step, 'dataset': data.name,
@@ -132,13 +154,13 @@ def run(model_dir, source_dir, strategy, data, eval_batch_size=512, eval_train_e
     results.update(evaluate.evaluate_encoders(
         encoder, data, eval_batch_size, eval_train_examples, eval_test_examples, baselines,
         knn, strategy, linear_eval=linear_eval,
-        linear_eval_backup=os.path.join(model_dir, 'linear_eval_backup')))
+        linear_eval_backup=os.path.join(out_dir, 'backup_linear_eval')))
     if fine_tuning:
       results['finetune_top1'] = fine_tune(encoder, data, strategy,
-                                           backup_dir=os.path.join(model_dir,
-                                                                   'finetune_backup'))
+                                           backup_dir=os.path.join(out_dir, 'backup_finetune'))
     results['transfer_wall_time_s'] = round(time.time() - start, 1)
-    run_dir.write_results(model_dir, results, step, session=False, hparams=False)
+    run_dir.write_results(out_dir, results, step, session=False, hparams=False)
     return results
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()

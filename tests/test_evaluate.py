@@ -156,8 +156,11 @@ def test_features_through_mirrored_strategy_equal_one_device_and_keep_order(mirr
   np.testing.assert_array_equal(y1, y)
   np.testing.assert_allclose(f2, f1, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(f1, enc(x).numpy(), rtol=1e-6, atol=1e-6)
-  with pytest.raises(UserError, match='run.eval_batch_size = 3 does not divide by the 2'):
-    evaluate.extract_features(enc, tf.data.Dataset.from_tensor_slices((x, y)).batch(3), mirrored)
+  # Batches of 3 over 2 replicas: padded to 4, the same features.
+  f3, y3 = evaluate.extract_features(enc, tf.data.Dataset.from_tensor_slices((x, y)).batch(3),
+                                     mirrored)
+  np.testing.assert_array_equal(y3, y)
+  np.testing.assert_allclose(f3, f1, rtol=1e-6, atol=1e-6)
   # A caller's cache (the Monitor's, every epoch): one traced function while the encoder and
   # strategy are the same, a new one for another encoder.
   cache = {}
