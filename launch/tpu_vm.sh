@@ -31,7 +31,7 @@ fi
 GIN=${GIN:-gin/minc.gin}
 # The slice's batch, host loop and precision (docs/scaling.md): gin/tpu_<accelerator>.gin.
 TOPOLOGY_GIN=${TOPOLOGY_GIN:-gin/tpu_${ACCELERATOR//-/_}.gin}
-if [ ! -f "$(dirname "$0")/../$TOPOLOGY_GIN" ]; then
+if [ "${1:-train}" = train ] && [ ! -f "$(dirname "$0")/../$TOPOLOGY_GIN" ]; then
   echo "No $TOPOLOGY_GIN for ACCELERATOR=$ACCELERATOR: its global batch would not be known to fit." >&2
   echo "Fix: use a slice with a gin file (gin/tpu_*.gin), or write one (docs/scaling.md has the arithmetic) and set TOPOLOGY_GIN." >&2
   exit 2
@@ -69,8 +69,13 @@ case "$cmd" in
     if [ -n "$REPO" ]; then
       ssh0 "(git clone $REPO minc_tf || (cd minc_tf && git pull)) && $pip_install"
     else
-      tarball=$(mktemp -d)/minc_tf.tar.gz
-      run git -C "$(dirname "$0")/.." archive --format=tar.gz --prefix=minc_tf/ -o "$tarball" HEAD
+      # The working tree as it is (uncommitted edits and new files included, ignored ones not).
+      tmp=$(mktemp -d)
+      tarball=$tmp/minc_tf.tar.gz
+      root=$(cd "$(dirname "$0")/.." && pwd)
+      git -C "$root" ls-files --cached --others --exclude-standard > "$tmp/files"
+      run tar czf "$tarball" -C "$root" --ignore-failed-read --transform 's,^,minc_tf/,' \
+        -T "$tmp/files"
       run gcloud compute tpus tpu-vm scp "$tarball" "$TPU:minc_tf.tar.gz" --project="$PROJECT" \
         --zone="$ZONE" --worker=0
       ssh0 "rm -rf minc_tf && tar xzf minc_tf.tar.gz && $pip_install"
@@ -78,11 +83,13 @@ case "$cmd" in
     ;;
   train)
     extra=$(printf ' %q' "$@")
+    # TPU_ACCELERATOR_TYPE: the batch is checked against the slice's HBM before compiling.
     if [ "$POD" = 1 ]; then target="--tpu=$TPU"; env="TPU_LOAD_LIBRARY=0 "; else target=--tpu=local; env=""; fi
+    env="TPU_ACCELERATOR_TYPE=$ACCELERATOR $env"
     ssh0 "cd minc_tf && ${env}nohup python3 -m minc_tf.main --gin_file=$GIN --gin_file=$TOPOLOGY_GIN --strategy=tpu $target \
 --model_dir=$BUCKET/runs/$RUN --mode=train_and_eval \
---gin_bindings=\"load_data.data_dir='$BUCKET/tensorflow_datasets'\"$extra > train_$RUN.log 2>&1 &"
-    echo "model dir: $BUCKET/runs/$RUN (log: ~/minc_tf/train_$RUN.log on worker 0)"
+--gin_bindings=\"load_data.data_dir='$BUCKET/tensorflow_datasets'\"$extra > ~/train_$RUN.log 2>&1 &"
+    echo "model dir: $BUCKET/runs/$RUN (log: ~/train_$RUN.log on worker 0)"
     ;;
   tensorboard)
     run tensorboard --logdir "$BUCKET/runs"

@@ -142,7 +142,7 @@ class ImageData:
     consumed = start_step * replicas_here * batch_size
     per_epoch = self.source.epoch_size(split, input_context)
     if per_epoch == 0:
-      raise UserError(f'Input pipeline {pipeline} of {self.name} has no training examples '
+      raise UserError(f'Input pipeline {pipeline} of {self.name} has no examples of {split!r} '
                       '(more input pipelines than examples or files). Fix: use fewer hosts, '
                       'or a split with at least one file per host.')
     if per_epoch:

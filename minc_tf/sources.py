@@ -324,15 +324,23 @@ def _listing(root):
 
 def _check_images(paths, on_corrupt, manifest):
   """{path: [height, width, channels]} of the readable images among `paths`. A file is decoded
-  once: `manifest` ({path: [bytes, mtime, shape or None]}) remembers it while its size and
-  modification time stay the same."""
+  once: `manifest` ({path: [bytes, mtime(, inode), shape or None]}) remembers it while its size,
+  modification time (and, on a local disk, inode) stay the same."""
   good, bad = {}, []
   for path in paths:
-    stat = tf.io.gfile.stat(path)
-    key = [int(stat.length), int(stat.mtime_nsec)]
+    try:
+      if '://' in path:
+        stat = tf.io.gfile.stat(path)
+        key = [int(stat.length), int(stat.mtime_nsec)]
+      else:  # local: the inode too, as a copy that keeps mtime (cp -p, rsync -t) is a new file
+        stat = os.stat(path)
+        key = [int(stat.st_size), int(stat.st_mtime_ns), int(stat.st_ino)]
+    except (OSError, tf.errors.NotFoundError):  # deleted since the listing
+      bad.append(path)
+      continue
     seen = manifest.get(path)
-    if seen is not None and seen[:2] == key:
-      shape = seen[2]
+    if isinstance(seen, list) and seen[:-1] == key:
+      shape = seen[-1]
     else:
       shape = None
       if path.lower().endswith(IMAGE_EXTENSIONS):
@@ -433,7 +441,10 @@ def folder_source(image_dir, on_corrupt, eval_every, channels=3):
     if single:
       logging.warning('%s: classes %s have one image, which is held out for evaluation: the '
                       'probe trains on none of theirs.', image_dir, ', '.join(single[:5]))
-  _write_manifest(where, manifest)
+  scanned = {p for split in per_split.values() for ps in split.values() for p in ps}
+  scanned |= {p for p in manifest if p.startswith(image_dir.rstrip('/') + '/') and
+              tf.io.gfile.exists(p)}  # unreadable files stay remembered while they exist
+  _write_manifest(where, {p: v for p, v in manifest.items() if p in scanned})
   if not any(per_split['train'].values()):
     raise UserError(f'No images found in {image_dir}: expected {image_dir}/<class>/<image> '
                     f'(or {image_dir}/<image>, unlabelled) with extensions '

@@ -3,6 +3,7 @@ a corrupt file, and determinism under a seed."""
 
 import gzip
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -333,12 +334,23 @@ def test_an_image_folder_is_decoded_once_then_only_where_files_change(tmp_path, 
   (root / 'cat' / '0.png').write_bytes(b'no longer an image')
   changed = data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
   assert len(decoded) == 1 and changed.num_train == first.num_train - 1
+  # A copy that keeps the modification time (cp -p) is another file: decoded again.
+  shutil.copy2(root / 'cat' / '1.jpg', root / 'copy.tmp')
+  os.replace(root / 'copy.tmp', root / 'cat' / '1.jpg')
+  decoded.clear()
+  data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  assert len(decoded) == 1
+  # A deleted file leaves the manifest.
+  os.remove(root / 'cat' / '3.jpg')
+  data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
+  with open(sources.manifest_path(str(root))) as f:
+    assert str(root / 'cat' / '3.jpg') not in f.read()
   # A damaged manifest is only a cache: everything is checked again.
   with open(sources.manifest_path(str(root)), 'w') as f:
     f.write('{not json')
   decoded.clear()
   data_lib.load_data('image_folder', image_dir=str(root), image_size=16, eval_every=5)
-  assert len(decoded) == 21
+  assert len(decoded) == 20  # every file of the folder (one was deleted)
 
 
 def test_a_flat_folder_is_unlabelled_and_a_mixed_one_is_refused(tmp_path):

@@ -91,6 +91,8 @@ def test_tpu_launch_runs_tensorflow_as_google_runs_it(script, pod):
   topology = 'gin/tpu_v4_32.gin' if pod else 'gin/tpu_v4_8.gin'
   assert f'--gin_file=gin/minc.gin --gin_file={topology} ' in command
   assert '--gin_bindings=run.epochs=1' in command
+  assert f'TPU_ACCELERATOR_TYPE={"v4-32" if pod else "v4-8"} ' in command  # the HBM check
+  assert '> ~/train_r.log' in command  # outside the source tree a reinstall replaces
   if pod:
     assert '--tpu=minc-tpu' in command and 'TPU_LOAD_LIBRARY=0 ' in command
   else:
@@ -121,6 +123,9 @@ def test_a_rerun_of_the_same_command_names_the_same_run_and_a_slice_without_gin_
   proc = subprocess.run(['bash', os.path.join(REPO, 'launch', 'tpu_vm.sh'), 'train'], env=env,
                         capture_output=True, text=True)
   assert proc.returncode == 2 and 'No gin/tpu_v4_2048.gin for ACCELERATOR=v4-2048' in proc.stderr
+  # Only training needs it: create, tensorboard and delete work for any slice.
+  [delete] = dry_run('tpu_vm.sh', 'delete', ACCELERATOR='v4-2048')
+  assert delete[4] == 'delete'
 
 
 def test_accelerator_check_stops_at_once_without_a_gpu(tmp_path):

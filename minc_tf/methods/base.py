@@ -35,8 +35,8 @@ class Setting(NamedTuple):
 
 # Shared by MINC and Spectral Contrastive: one setting, one meaning.
 MU = Setting(10.0, real_in(0, math.inf, low_open=True, optional=True),
-             'output scale: MINC clips ||z||^2 <= mu (radially) and divides its loss by mu; '
-             "Spectral's uniformity term is divided by mu; None disables MINC's clip")
+             'output scale: the outputs are clipped radially to ||z||^2 <= mu and the loss is '
+             'divided by mu (both terms); None: no clip, no division')
 
 
 class Method(keras.layers.Layer):
