@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from minc_tf import networks
 from minc_tf import spectrum
-from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
+from minc_tf.errors import int_at_least, interval_in, real_in, require
 
 
 class Progress:
