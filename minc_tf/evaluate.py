@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from minc_tf import networks
 from minc_tf import spectrum
-from minc_tf.errors import int_at_least, interval_in, real_in, require
+from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
 
 
 class Progress:
@@ -258,7 +258,8 @@ def knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k=20, temperatur
 def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024,
                         base_learning_rate=0.2, momentum=0.9, nesterov=True, weight_decay=0.0,
                         crop_area=(0.08, 1.0), steps_per_epoch=None, eval_batch_size=None,
-                        seed=0, verbose=2, splits=None, backup_dir=None, trainable=False):
+                        seed=0, verbose=2, steps_per_execution=1, splits=None, backup_dir=None,
+                        trainable=False):
   """Top-1 (%) of the BYOL linear-evaluation protocol on the frozen encoder.
 
   A linear layer on the encoder's features (inference-mode batch norm, no gradient into the
@@ -276,6 +277,8 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   eval_batch_size: batch size of its scoring (None: batch_size).
   seed: seed of its crops, order and initialisation.
   verbose: Keras' verbosity of its fit (0 silent, 1 progress bar, 2 one line per epoch).
+  steps_per_execution: its train steps per host round trip (the TPU host loop; must divide
+    its steps per epoch).
   splits: the splits it scores (default: the evaluation split).
   backup_dir: Keras' BackupAndRestore directory (with a digest of these settings appended): the
     training state saved every epoch, so that a stopped evaluation resumes at its last epoch
@@ -285,6 +288,9 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
   """
   strategy = strategy or tf.distribute.get_strategy()
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)
+  if steps % steps_per_execution:
+    raise UserError(f'offline_linear_eval.steps_per_execution = {steps_per_execution} does not '
+                    f'divide its {steps} steps per epoch. Fix: bind it to a divisor of {steps}.')
   was_trainable = encoder.trainable
   encoder.trainable = trainable  # frozen (the default): the linear layer alone is trained
   try:
@@ -300,7 +306,7 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
           optimizer=keras.optimizers.SGD(schedule, momentum=momentum, nesterov=nesterov,
                                          weight_decay=weight_decay or None),
           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-          metrics=['accuracy'])
+          metrics=['accuracy'], steps_per_execution=steps_per_execution)
     callbacks = []
     if backup_dir:
       # Named by what it trains: a backup of other settings (or of another encoder, whose
@@ -352,7 +358,8 @@ def check_settings():
           'base_learning_rate': positive, 'momentum': real_in(0, 1, high_open=True),
           'weight_decay': real_in(0, math.inf), 'crop_area': interval_in(0, 1, low_open=True),
           'steps_per_epoch': int_at_least(1, optional=True),
-          'eval_batch_size': int_at_least(1, optional=True)},
+          'eval_batch_size': int_at_least(1, optional=True),
+          'steps_per_execution': int_at_least(1)},
   }
   for name, checks in table.items():
     values = settings(name)

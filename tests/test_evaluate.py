@@ -294,14 +294,23 @@ def test_a_stopped_linear_evaluation_resumes_at_its_last_epoch(tmp_path, monkeyp
                       lambda b, **kw: counting(b, fail_after=10, **kw))
   with pytest.raises(Exception):
     evaluate.offline_linear_eval(small_encoder(), data, **settings)
-  assert (tmp_path / 'backup').exists()
+  backups = [p.name for p in tmp_path.iterdir() if p.name.startswith('backup_')]
+  assert len(backups) == 1  # named by its settings: others would not resume it
+  # Other settings never resume it: a backup of their own (stopped in its third epoch too).
+  pulled.clear()
+  with pytest.raises(Exception):
+    evaluate.offline_linear_eval(small_encoder(), data, **dict(settings, seed=1))
+  assert len([p for p in tmp_path.iterdir() if p.name.startswith('backup_')]) == 2
+  import shutil
+  shutil.rmtree(next(p for p in tmp_path.iterdir() if p.name.startswith('backup_') and
+                     p.name != backups[0]))
   pulled.clear()
   monkeypatch.setattr(data, 'linear_eval_dataset', lambda b, **kw: counting(b, **kw))
   encoder = small_encoder()
   before = [w.numpy().copy() for w in encoder.weights]
   evaluate.offline_linear_eval(encoder, data, **settings)
   assert 8 <= len(pulled) < 16, len(pulled)  # two epochs of 4 steps (plus prefetch), not four
-  assert not (tmp_path / 'backup').exists()
+  assert not any(p.name.startswith('backup_') for p in tmp_path.iterdir())  # done: removed
   assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, encoder.weights))
   evaluate.offline_linear_eval(encoder, data, **dict(settings, trainable=True))
   assert not all(np.array_equal(b, w.numpy()) for b, w in zip(before, encoder.weights))
@@ -355,3 +364,19 @@ def test_sharded_extraction_equals_the_unsharded_one(mirrored):
   np.testing.assert_array_equal(y2, np.arange(10))
   np.testing.assert_array_equal(y1, y2)
   np.testing.assert_allclose(f2, f1, rtol=1e-6, atol=1e-6)
+
+
+def test_the_linear_evaluation_runs_its_host_loop_and_refuses_one_that_overruns(monkeypatch):
+  data = brightness_data()
+  compiled = []
+  real = keras.Model.compile
+  monkeypatch.setattr(keras.Model, 'compile',
+                      lambda self, **kw: compiled.append(kw['steps_per_execution']) or real(
+                          self, **kw))
+  top1 = evaluate.offline_linear_eval(small_encoder(), data, epochs=6, batch_size=64,
+                                      base_learning_rate=0.5, seed=0, steps_per_execution=2,
+                                      verbose=0)
+  assert compiled == [2] and top1 >= 90.0  # 4 steps per epoch, 2 per call
+  with pytest.raises(UserError, match='steps_per_execution = 3 does not divide its 4 steps'):
+    evaluate.offline_linear_eval(small_encoder(), data, epochs=1, batch_size=64,
+                                 steps_per_execution=3)
