@@ -110,7 +110,7 @@ def test_stream_is_infinite_uint8_crops_and_an_empty_shard_is_a_clear_error(fake
                            arrays={'train': (images[:1], labels[:1])})
   ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
                                    num_replicas_in_sync=2)
-  with pytest.raises(UserError, match='Input pipeline 1 of one has no training examples'):
+  with pytest.raises(UserError, match="Input pipeline 1 of one has no examples of 'train'"):
     one.pretrain_dataset(4, ctx)
 
 
