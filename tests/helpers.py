@@ -71,7 +71,8 @@ TINY_IMAGENET = [
     "run.verbose = 0", "build_optimizer.warmup_epochs = 1", "run.steps_per_execution = 1",
     # The ImageNet configs run the BYOL linear evaluation; one short epoch here.
     "offline_linear_eval.epochs = 1", "offline_linear_eval.batch_size = 8",
-    "offline_linear_eval.steps_per_epoch = 2", "run.checkpoint_every_steps = 1",
+    "offline_linear_eval.steps_per_epoch = 2", "offline_linear_eval.steps_per_execution = 1",
+    "run.checkpoint_every_steps = 1",
 ]
 
 

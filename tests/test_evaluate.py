@@ -319,10 +319,14 @@ def test_a_stopped_linear_evaluation_resumes_at_its_last_epoch(tmp_path, monkeyp
 def test_long_loops_log_their_progress_and_time_left(monkeypatch, caplog):
   import logging
   import types
+  from absl import logging as absl_logging
+  # Other tests may have lowered absl's verbosity (the CLI sets it from flags).
+  monkeypatch.setattr(absl_logging, 'info', lambda msg, *args: logging.getLogger(
+      'progress').info(msg, *args))
   clock = iter([0.0, 10.0, 40.0, 50.0, 100.0])  # evaluate's clock only (logging has its own)
   monkeypatch.setattr(evaluate, 'time', types.SimpleNamespace(time=lambda: next(clock)))
   progress = evaluate.Progress('kNN, queries', 100, every_s=30.0)  # starts at t = 0
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='progress'):
     progress(10)  # t = 10: too soon
     progress(40)  # t = 40: 1 per second, 60 left
     progress(45)  # t = 50: too soon after the last line
