@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import files
+from minc_tf import keras_internals
 
 
 def float32_encoder(encoder, any_size=False):
@@ -33,8 +34,9 @@ def float32_encoder(encoder, any_size=False):
     return layer.__class__.from_config(dict(layer.get_config(), dtype='float32'))
 
   inputs = keras.Input((None, None, encoder.input_shape[-1])) if any_size else None
-  copy = keras.models.clone_model(encoder, input_tensors=inputs,
-                                  clone_function=None if in_float32 else as_float32)
+  with keras_internals.preserved_global_seed():  # the copy's initial draws are overwritten
+    copy = keras.models.clone_model(encoder, input_tensors=inputs,
+                                    clone_function=None if in_float32 else as_float32)
   copy.set_weights([np.asarray(w, np.float32) for w in encoder.get_weights()])
   return copy
 

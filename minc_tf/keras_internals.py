@@ -110,3 +110,26 @@ class StepTensorBoard(keras.callbacks.TensorBoard):
   def _log_epoch_metrics(self, epoch, logs):
     del epoch  # the epoch's last step instead
     super()._log_epoch_metrics(int(self.model.optimizer.iterations.numpy()), logs)
+
+
+class preserved_global_seed:  # pylint: disable=invalid-name
+  """A context in which building layers leaves Keras' random state as it found it:
+  copying a model (export.float32_encoder) then changes no later random draw (the random-init
+  baseline's encoder, built after the export, stays the one a seed gives). Keras has no public
+  API for the generator's state."""
+
+  def __enter__(self):
+    import random  # pylint: disable=import-outside-toplevel
+    from keras.src.random import seed_generator  # pylint: disable=import-outside-toplevel
+    # Initializers without a seed draw theirs from Python's random (make_default_seed); other
+    # draws go through the global SeedGenerator.
+    self._python = random.getstate()
+    self._generator = seed_generator.global_seed_generator()
+    self._state = keras.ops.convert_to_numpy(self._generator.state.value).copy()
+    return self
+
+  def __exit__(self, *exc):
+    import random  # pylint: disable=import-outside-toplevel
+    random.setstate(self._python)
+    self._generator.state.assign(self._state)
+    return False

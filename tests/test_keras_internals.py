@@ -69,3 +69,24 @@ def test_the_multi_worker_mode_probe_exists():
 def test_multi_worker_mode_is_false_off_a_cluster(mirrored):
   assert not keras_internals.in_multi_worker_mode(mirrored)
   assert not keras_internals.in_multi_worker_mode(tf.distribute.get_strategy())
+
+
+def test_building_inside_preserved_global_seed_changes_no_later_draw():
+  import numpy as np
+  from minc_tf import keras_internals
+
+  def layer_weights():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    return layer.kernel.numpy()
+
+  keras.utils.set_random_seed(5)
+  expected = layer_weights()
+  keras.utils.set_random_seed(5)
+  with keras_internals.preserved_global_seed():
+    layer_weights()
+  after = layer_weights()
+  np.testing.assert_array_equal(after, expected)  # as if nothing had been built inside
+  keras.utils.set_random_seed(5)
+  layer_weights()
+  assert not np.array_equal(layer_weights(), expected)  # without it, the next draw moves on

@@ -51,10 +51,10 @@ def test_a_finished_encoder_transfers_to_other_classes_and_size(run_dir, tmp_pat
   # The source run is untouched (its own results, no transfer figures).
   with open(os.path.join(run_dir, 'results.json')) as f:
     assert 'source_dir' not in json.load(f)
-  # Fine-tuning, on 2 replicas: the encoder trained end to end, a figure of its own.
+  # Fine-tuning: the encoder trained end to end, a figure of its own (2 replicas: below).
   code, out = cli(_args(run_dir, tmp_path / 'tuned', folder, '--gin_bindings=fine_tune.epochs=8',
                         '--gin_bindings=fine_tune.batch_size=8',
-                        '--gin_bindings=fine_tune.base_learning_rate=0.5', '--strategy=mirrored',
+                        '--gin_bindings=fine_tune.base_learning_rate=0.5',
                         '--gin_bindings=transfer.linear_eval=False', mode='fine_tune'))
   assert code == 0, out[-2000:]
   with open(tmp_path / 'tuned' / 'results.json') as f:
@@ -90,3 +90,20 @@ def test_the_exported_encoder_is_rebuilt_for_any_size_with_its_own_weights(run_d
   assert encoder(np.zeros((2, 40, 36, 1), np.float32)).shape == (2, 16) and step == 6
   with pytest.raises(UserError, match='takes 1-channel images'):
     transfer.load_encoder(run_dir, 3)
+
+
+def test_fine_tuning_trains_on_two_replicas(run_dir, tmp_path, mirrored):
+  """transfer.run under the session's MirroredStrategy (a second one in the process would
+  share its collective keys): the encoder is built in the strategy's scope and trains."""
+  import gin
+  from minc_tf import config
+  from minc_tf import data as data_lib
+  folder = _folder(tmp_path / 'images')
+  config.parse_gin([], ["load_data.name = 'image_folder'", f"load_data.image_dir = '{folder}'",
+                        'load_data.channels = 1', 'load_data.image_size = 20',
+                        'load_data.eval_every = 4', 'fine_tune.epochs = 8',
+                        'fine_tune.batch_size = 8', 'fine_tune.base_learning_rate = 0.5'])
+  res = transfer.run(str(tmp_path / 'tuned'), run_dir, mirrored, data_lib.load_data(),
+                     eval_batch_size=10, baselines=False, linear_eval=False, fine_tuning=True)
+  gin.clear_config()
+  assert res['finetune_top1'] >= 60, res
