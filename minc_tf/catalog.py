@@ -14,6 +14,7 @@ import textwrap
 
 from minc_tf import errors
 from minc_tf import gin_internals
+from minc_tf import monitor
 from minc_tf import schema
 
 # The configurables a user sets (gin_internals.configurables() also lists gin's own helpers).
@@ -139,35 +140,34 @@ def entries():
   return out
 
 
-def list_text():
-  """--list_settings: one block per configurable, one line per parameter."""
+def _text(heading, lines_of):
+  """One block per configurable (its `heading`), the lines lines_of(entry) gives each entry."""
   lines, selector = [], None
   for e in entries():
     sel = e['key'].split('.')[0]
     if sel != selector:
       selector = sel
-      lines.append(f'\n{sel}')
-    allowed = f"  [{e['allowed']}]" if e['allowed'] else ''
-    lines.append(f"  {e['key']} = {e['default']!r}{allowed}")
-    if e['doc']:
-      lines += ['      ' + line for line in textwrap.wrap(e['doc'], 92)]
+      lines.append(f'\n{heading(sel)}')
+    lines += lines_of(e)
   return '\n'.join(lines).lstrip('\n') + '\n'
+
+
+def list_text():
+  """--list_settings: one block per configurable, one line per parameter."""
+  def lines_of(e):
+    allowed = f"  [{e['allowed']}]" if e['allowed'] else ''
+    doc = ['      ' + line for line in textwrap.wrap(e['doc'], 92)] if e['doc'] else []
+    return [f"  {e['key']} = {e['default']!r}{allowed}"] + doc
+  return _text(lambda sel: sel, lines_of)
 
 
 def resolved_text():
   """--print_config: every parameter's value under the parsed gin files and bindings (bound
-  ones marked), as gin lines."""
-  bound = {}
-  for key, value in gin_internals.bound_values().items():
-    bound[key.split('/')[-1].split('.')[-2].split('.')[-1] + '.' + key.split('.')[-1]] = value
-  lines, selector = [], None
-  for e in entries():
-    sel = e['key'].split('.')[0]
-    if sel != selector:
-      selector = sel
-      lines.append(f'\n# {sel}')
+  ones marked), as gin lines. Scoped bindings apply to their scope only and are not shown."""
+  bound = {monitor.binding_key(k): v for k, v in gin_internals.bound_values().items()}
+
+  def lines_of(e):
     if e['key'] in bound:
-      lines.append(f"{e['key']} = {bound[e['key']]!r}  # bound")
-    else:
-      lines.append(f"{e['key']} = {e['default']!r}")
-  return '\n'.join(lines).lstrip('\n') + '\n'
+      return [f"{e['key']} = {bound[e['key']]!r}  # bound"]
+    return [f"{e['key']} = {e['default']!r}"]
+  return _text(lambda sel: f'# {sel}', lines_of)

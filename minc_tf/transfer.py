@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from minc_tf import evaluate
+from minc_tf import export
 from minc_tf import run_dir
 from minc_tf import runtime
 from minc_tf.errors import UserError, int_at_least, real_in, require
@@ -50,15 +51,11 @@ def load_encoder(source_dir, channels):
                     f'load_data.channels = {source_channels} (its images are converted); a '
                     'TFDS dataset has its own channel count: transfer an encoder trained on '
                     'images like these.')
-  config = inner.get_config()
-  config['layers'][0]['config']['batch_shape'] = [None, None, None, source_channels]
-  encoder = keras.Model.from_config(config)
-  encoder.set_weights(inner.get_weights())
+  encoder = export.float32_encoder(inner, any_size=True)  # exports before this one: fixed size
   norm = serving.get_layer('normalize')
   # Rescaling(scale=1 / (255 std), offset=-mean / std): the source's normalisation.
   std = 1.0 / (255.0 * np.asarray(norm.scale, np.float64))
   mean = -np.asarray(norm.offset, np.float64) * std
-  from minc_tf import export  # pylint: disable=import-outside-toplevel
   return encoder, tuple(mean.tolist()), tuple(std.tolist()), export.exported_step(
       os.path.dirname(path))
 

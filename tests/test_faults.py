@@ -256,3 +256,27 @@ def test_sync_bn_is_a_setting_that_reaches_the_model(idx_dir, tmp_path, cli, mon
   extra = [f'--strategy={replicas}'] + ([f'--gin_bindings={binding}'] if binding else [])
   code, out = cli(argv(str(tmp_path / 'run'), idx_dir, *extra))
   assert code == 2 and 'stop here' in out and seen == {'sync_bn': expected}, out[-1500:]
+
+
+def test_the_objective_and_evaluation_memory_settings_reach_their_code(idx_dir, tmp_path, cli,
+                                                                       monkeypatch):  # noqa: F811
+  """run.objective_pairs and the method's mu reach evaluate.spectral_objective; the evaluation's
+  memory check runs before pretraining (nothing trained when it refuses)."""
+  from minc_tf import evaluate
+  seen = {}
+  real = evaluate.spectral_objective
+
+  def spy(encoder, projector, data, pairs, batch_size, strategy=None, mu=None):
+    seen.update(pairs=pairs, mu=mu)
+    return real(encoder, projector, data, pairs, batch_size, strategy, mu)
+  monkeypatch.setattr(evaluate, 'spectral_objective', spy)
+  code, out = cli(argv(str(tmp_path / 'run'), idx_dir, '--gin_bindings=run.objective_pairs=32',
+                       '--gin_bindings=build_model.mu=3.0'))
+  assert code == 0, out[-2000:]
+  assert seen == {'pairs': 32, 'mu': 3.0}
+  res = results(tmp_path / 'run')
+  assert res['val_objective_pairs'] == 32 and 'val_objective_clipped' in res
+  # kNN's similarities of a 1e9-query chunk against 128 images: about 1 TB.
+  code, out = cli(argv(str(tmp_path / 'small'), idx_dir, '--gin_bindings=knn_accuracy.chunk=1000000000'))
+  assert code == 2 and 'The evaluation would hold about' in out, out[-2000:]
+  assert not (tmp_path / 'small' / 'checkpoints').exists()

@@ -103,7 +103,11 @@ def test_fine_tuning_trains_on_two_replicas(run_dir, tmp_path, mirrored):
                         'load_data.channels = 1', 'load_data.image_size = 20',
                         'load_data.eval_every = 4', 'fine_tune.epochs = 8',
                         'fine_tune.batch_size = 8', 'fine_tune.base_learning_rate = 0.5'])
-  res = transfer.run(str(tmp_path / 'tuned'), run_dir, mirrored, data_lib.load_data(),
+  data = data_lib.load_data()
+  res = transfer.run(str(tmp_path / 'tuned'), run_dir, mirrored, data,
                      eval_batch_size=10, baselines=False, linear_eval=False, fine_tuning=True)
   gin.clear_config()
   assert res['finetune_top1'] >= 60, res
+  # The views were normalised as the encoder was trained, not with the folder's defaults.
+  _, mean, std, _ = transfer.load_encoder(run_dir, 1)
+  assert (data.mean, data.std) == (mean, std) and mean != (0.5,)
