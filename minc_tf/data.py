@@ -190,14 +190,18 @@ class ImageData:
     ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
-  def linear_eval_dataset(self, batch_size, seed=None, crop_area=(0.08, 1.0), flip=True):
-    """Infinite (image, label) batches of training images for offline linear evaluation: the
-    BYOL protocol's view (random resized crop, area U(crop_area), and a horizontal flip; no
-    colour), normalised. Reproducible with a seed, like pretrain_dataset."""
+  def linear_eval_dataset(self, batch_size, seed=None, crop_area=(0.08, 1.0), flip=True,
+                          input_context=None):
+    """Infinite (image, label) batches of `batch_size` (per replica) of training images for
+    offline linear evaluation: the BYOL protocol's view (random resized crop, area
+    U(crop_area), and a horizontal flip; no colour) as uint8, unnormalised (a quarter of
+    float32's infeed bytes; the classifier normalises on the device). Reproducible with a
+    seed, like pretrain_dataset; each input pipeline reads its own shard (input_context)."""
     crop, _, _ = augment.view_transforms(self.image_shape[0], crop_area=crop_area)
     if seed is None:
       seed = int(np.random.default_rng().integers(2 ** 31))
-    base = tf.constant([seed, 1 << 20], tf.int64)  # a stream apart from pretraining's
+    pipeline = input_context.input_pipeline_id if input_context is not None else 0
+    base = tf.constant([seed, (1 << 20) + pipeline], tf.int64)  # a stream apart from pretraining's
 
     def one_view(index, example):
       image, label = example
@@ -206,11 +210,11 @@ class ImageData:
       if flip:
         image = tf.cond(rng.uniform() < 0.5, lambda: tf.image.flip_left_right(image),
                         lambda: image)
-      image = augment.normalize(image, self.mean, self.std)
+      image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
       image.set_shape(self.image_shape)
       return image, label
 
-    ds = self.source.examples(self.train_split, shuffle=True, seed=seed)
+    ds = self.source.examples(self.train_split, input_context, shuffle=True, seed=seed)
     if isinstance(self.source, sources.TfdsSource):
       ds = ds.shuffle(10 * batch_size, seed=seed)
     ds = ds.repeat().enumerate().map(one_view, num_parallel_calls=tf.data.AUTOTUNE)

@@ -299,7 +299,14 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
       features = encoder(images) if trainable else encoder(images, training=False)
       logits = keras.layers.Dense(data.num_classes, kernel_initializer='zeros',
                                   name='linear_eval')(features)
-      classifier = keras.Model(images, logits)
+      scorer = keras.Model(images, logits)  # on normalised images (data.eval_dataset's)
+      # Trained on uint8 crops, normalised on the device: (x / 255 - mean) / std.
+      crops = keras.Input(data.image_shape, dtype='uint8')
+      std, mean = np.asarray(data.std, np.float32), np.asarray(data.mean, np.float32)
+      normalised = keras.layers.Rescaling(scale=(1.0 / (255.0 * std)).tolist(),
+                                          offset=(-mean / std).tolist(), dtype='float32',
+                                          name='normalize')(crops)
+      classifier = keras.Model(crops, scorer(normalised))
       schedule = keras.optimizers.schedules.CosineDecay(
           base_learning_rate * batch_size / 256, steps * epochs)
       classifier.compile(
@@ -316,8 +323,12 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
            list(crop_area), steps, seed, trainable, data.num_classes,
            list(data.image_shape)]).encode()).hexdigest()[:10]
       callbacks.append(keras.callbacks.BackupAndRestore(f'{backup_dir}_{digest}'))
-    classifier.fit(data.linear_eval_dataset(batch_size, seed=seed, crop_area=crop_area),
-                   epochs=epochs, steps_per_epoch=steps, verbose=verbose, callbacks=callbacks)
+    # Per input pipeline, as pretraining: a pod host decodes only its shard of the split.
+    train = strategy.distribute_datasets_from_function(
+        lambda ctx: data.linear_eval_dataset(ctx.get_per_replica_batch_size(batch_size),
+                                             seed=seed, crop_area=crop_area, input_context=ctx))
+    classifier.fit(train, epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+                   callbacks=callbacks)
     # Scored through extract_features, not classifier.evaluate: its padding gives every
     # replica a full share of a short last batch (Keras' evaluate hands a replica an empty
     # one, which BatchNorm under a multi-replica strategy refuses), and pod hosts read their
@@ -325,7 +336,7 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
     top1 = []
     for split in ([data.eval_split] if splits is None else splits):
       logits, labels = extract_features(
-          classifier, data.eval_dataset(split, eval_batch_size or batch_size), strategy)
+          scorer, data.eval_dataset(split, eval_batch_size or batch_size), strategy)
       top1.append(100.0 * float(np.mean(np.argmax(logits, axis=1) == labels)))
   finally:
     encoder.trainable = was_trainable

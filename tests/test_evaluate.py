@@ -111,20 +111,19 @@ def test_offline_linear_eval_scores_one_trained_layer_on_each_split(monkeypatch)
 def test_linear_eval_views_are_crops_and_flips_of_training_images():
   data = brightness_data()
   (x, y), = data.linear_eval_dataset(32, seed=3).take(1)
-  assert x.shape == (32, 8, 8, 1) and x.dtype == tf.float32 and y.shape == (32,)
+  # uint8 crops (a quarter of float32's infeed), normalised by the classifier on the device.
+  assert x.shape == (32, 8, 8, 1) and x.dtype == tf.uint8 and y.shape == (32,)
   (x2, _), = data.linear_eval_dataset(32, seed=3).take(1)
   np.testing.assert_array_equal(x.numpy(), x2.numpy())  # seeded: reproducible
-  raw = x.numpy() * 0.25 + 0.5  # undo the normalisation: back in [0, 1]
-  assert raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
-  originals = data.arrays('train')[0].astype(np.float32) / 255.0
+  originals = data.arrays('train')[0].astype(np.float32)
 
   def matches(views):
     """Per view: 'plain' or 'flipped' when it equals a training image (or its mirror)."""
     out = []
-    for v in views * 0.25 + 0.5:
-      if np.abs(originals - v).max(axis=(1, 2, 3)).min() < 1e-4:
+    for v in views.astype(np.float32):
+      if np.abs(originals - v).max(axis=(1, 2, 3)).min() < 0.5:
         out.append('plain')
-      elif np.abs(originals[:, :, ::-1] - v).max(axis=(1, 2, 3)).min() < 1e-4:
+      elif np.abs(originals[:, :, ::-1] - v).max(axis=(1, 2, 3)).min() < 0.5:
         out.append('flipped')
       else:
         out.append(None)
@@ -136,6 +135,27 @@ def test_linear_eval_views_are_crops_and_flips_of_training_images():
   assert None not in found and 16 <= found.count('flipped') <= 48, found
   # The protocol's crops (area U(0.08, 1)): almost no view is a whole image any more.
   assert matches(x.numpy()).count(None) >= 28
+
+
+def test_linear_eval_input_pipelines_read_disjoint_shards():
+  """Each input pipeline (a pod host) crops only its own examples: with whole-image crops and
+  no flip the views are the training images themselves, split between two pipelines with
+  none read twice."""
+  data = brightness_data()
+  originals = data.arrays('train')[0]
+  n = len(originals)
+  seen = []
+  for p in range(2):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=p,
+                                     num_replicas_in_sync=2)
+    (x, _), = data.linear_eval_dataset(n // 2, seed=0, crop_area=(1.0, 1.0), flip=False,
+                                       input_context=ctx).take(1)
+    x = x.numpy()
+    index = [int(np.argmin(np.abs(originals.astype(np.float32) - v).max(axis=(1, 2, 3))))
+             for v in x.astype(np.float32)]
+    assert np.abs(originals[index].astype(np.float32) - x).max() < 0.5
+    seen.append(set(index))
+  assert len(seen[0]) == len(seen[1]) == n // 2 and not seen[0] & seen[1]
 
 
 def test_features_through_mirrored_strategy_equal_one_device_and_keep_order(mirrored):
@@ -282,7 +302,7 @@ def test_a_stopped_linear_evaluation_resumes_at_its_last_epoch(tmp_path, monkeyp
       return x, y
 
     def wrap(x, y):
-      x, y = tf.py_function(count, [x, y], [tf.float32, tf.int64])
+      x, y = tf.py_function(count, [x, y], [tf.uint8, tf.int64])
       x.set_shape([batch_size, 8, 8, 1])
       y.set_shape([batch_size])
       return x, y
