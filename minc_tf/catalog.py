@@ -168,6 +168,10 @@ def resolved_text():
 
   def lines_of(e):
     if e['key'] in bound:
-      return [f"{e['key']} = {bound[e['key']]!r}  # bound"]
+      value = bound[e['key']]
+      macro = gin_internals.macro_value(value)
+      if macro:  # the macro's value, with its name (the line stays valid gin)
+        return [f"{e['key']} = {macro[1]!r}  # bound, {macro[0]}"]
+      return [f"{e['key']} = {value!r}  # bound"]
     return [f"{e['key']} = {e['default']!r}"]
   return _text(lambda sel: f'# {sel}', lines_of)

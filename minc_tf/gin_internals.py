@@ -43,6 +43,13 @@ def bound_values():
   return out
 
 
+def macro_value(value):
+  """(name, value) of a gin macro reference such as %EPOCHS (its value as bound), else None."""
+  if isinstance(value, gin.config.ConfigurableReference) and str(value).startswith('%'):
+    return str(value), gin.query_parameter(str(value))
+  return None
+
+
 def operative_values():
   """{'selector.param': value} of every parameter of every configurable called so far, bound
   or default (what operative_config.gin shows as text); selectors as in bound_values."""

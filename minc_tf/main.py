@@ -48,7 +48,8 @@ flags.DEFINE_bool('allow_config_change', False,
 INSTALL = ("pip install -e '.[cpu]'   (CPU hosts)\n"
            "  pip install -e '.[gpu]'   (NVIDIA GPU hosts: tensorflow[and-cuda])\n"
            "  pip install -e '.[tpu]' -f https://storage.googleapis.com/libtpu-tf-releases/"
-           "index.html   (Cloud TPU VMs)")
+           "index.html   (Cloud TPU VMs without TensorFlow; a TPU VM's TensorFlow image\n"
+           "  has it: launch/tpu_vm.sh install keeps it)")
 
 
 def main(argv):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import gin
+
 from conftest import REPO
 from minc_tf import catalog
 from minc_tf import config
@@ -40,6 +42,11 @@ def test_the_resolved_config_marks_what_the_command_binds():
   assert 'run.epochs = 7  # bound' in text and "load_data.name = 'fashion_mnist'  # bound" in text
   assert 'run.steps_per_execution = 1\n' in text  # a default, not marked
   assert len(text.splitlines()) > 100
+  # A macro shows its value (and its name), not the unresolved reference.
+  gin.clear_config()
+  config.parse_gin(['gin/minc.gin'], [])
+  text = catalog.resolved_text()
+  assert 'run.epochs = 300  # bound, %EPOCHS' in text and '%EPOCHS  #' not in text
 
 
 def test_list_and_print_flags_exit_0_and_touch_no_model_dir(tmp_path):
