@@ -62,9 +62,13 @@ def _eval_check(node, names):
 def _checks_in(module):
   """{'selector.param': description} of the require() calls and check tables of `module`."""
   tree = ast.parse(inspect.getsource(module))
+  # The module's immutable constants too (`one_of(MODES)`): the checks are evaluated here, and
+  # neither a call of the module's code nor a method of a dict or list of it may run.
+  constants = {k: v for k, v in vars(module).items()
+               if k.isupper() and isinstance(v, (tuple, frozenset, str, int, float))}
   out = {}
   for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
-    names = dict(vars(errors), math=math)
+    names = dict(constants, **vars(errors), math=math)
     for node in ast.walk(fn):  # local checks: `positive = real_in(0, math.inf, ...)`
       if (isinstance(node, ast.Assign) and len(node.targets) == 1 and
           isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call)):

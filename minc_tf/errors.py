@@ -63,6 +63,17 @@ def each(check):
           f'a non-empty list of values, each {allowed}')
 
 
+def subset_of(choices):
+  """(predicate, description) of a list of distinct values out of `choices`, each of the same
+  type as its choice; the empty list too (a set of options, none of them on)."""
+  choices = tuple(choices)
+  member, _ = one_of(choices)
+  return ((lambda v: isinstance(v, (list, tuple)) and all(member(x) for x in v) and
+           len(set(v)) == len(v)),
+          'a list of distinct values out of ' + ', '.join(repr(c) for c in choices) +
+          ' (or empty)')
+
+
 def require(binding, value, check):
   """Raises a UserError naming the binding, its value and what it must be, unless the value
   passes `check`, a (predicate, description) pair such as int_at_least(1)."""

@@ -82,6 +82,8 @@ def test_bad_setting_stops_before_work(run_dir, idx_dir, tmp_path, cli, bindings
     (errors.real_in(0, float('inf'), low_open=True, optional=True), [None, 1e-9, 3],
      [0, -1, False]),
     (errors.one_of((None, 'a')), [None, 'a'], ['b', 0]),
+    (errors.subset_of(('a', 'b')), [(), ['a'], ('b', 'a')],
+     ['a', ('a', 'a'), ('c',), (1,), (None,), None]),
 ])
 def test_checks_accept_their_range_and_nothing_else(check, good, bad):
   for value in good:
