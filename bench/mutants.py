@@ -1,7 +1,7 @@
 """A mutation pass over the wiring: plants one bug at a time, runs the tests that guard it, and
 prints which were caught.
 
-  python bench/mutants.py                 (from the repository root; about 10 minutes)
+  python bench/mutants.py                 (from the repository root; about 13 minutes)
   python bench/mutants.py --only 3 7      (some mutants, by number)
 
 Each mutant is a one-line change (file, text, replacement) of a setting that stops reaching
@@ -17,6 +17,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ['tests/test_wiring.py', 'tests/test_methods.py', 'tests/test_model.py']
+EXPORT = 'tests/test_export.py'
 
 MUTANTS = [  # (what it breaks, file, text, replacement[, the tests that guard it: TESTS])
     ("the probe's stop_gradient removed (labels train the encoder)", 'minc_tf/model.py',
@@ -105,6 +106,32 @@ MUTANTS = [  # (what it breaks, file, text, replacement[, the tests that guard i
      '      if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):',
      '      if False:',
      ['tests/test_faults.py::test_idx_files_whose_counts_disagree_stop_before_pretraining']),
+    # Keras' other export formats (issue 27), each with the tests that guard it.
+    ('the formats not written', 'minc_tf/export.py',
+     '  _write_formats(model, formats, tmp)\n', '',
+     [f'{EXPORT}::test_each_format_loaded_back_serves_what_the_saved_model_serves']),
+    ('the formats normalised with another std than the SavedModel', 'minc_tf/export.py',
+     '  _write_formats(model, formats, tmp)\n',
+     '  _write_formats(serving_model(encoder, mean, np.asarray(std) * 1.01), formats, tmp)\n',
+     [f'{EXPORT}::test_each_format_loaded_back_serves_what_the_saved_model_serves']),
+    ("the formats' image size fixed at the training size", 'minc_tf/export.py',
+     'tf.TensorSpec((None, None, None,', 'tf.TensorSpec((None, 16, 16,',
+     [f'{EXPORT}::test_each_format_loaded_back_serves_what_the_saved_model_serves']),
+    ('the formats not copied to an object store', 'minc_tf/export.py',
+     '      files.copy(os.path.join(local, name), os.path.join(directory, name))', '      pass',
+     [f'{EXPORT}::test_the_formats_reach_an_object_store_too']),
+    ("export_encoder's converter check dropped", 'minc_tf/export.py',
+     '  check_formats(formats)\n  model = serving_model', '  model = serving_model',
+     [f'{EXPORT}::test_a_format_whose_converter_is_missing_stops_before_anything_is_written']),
+    ("run's up-front converter check dropped", 'minc_tf/train.py',
+     '    export_lib.check_formats(export_formats)\n', '    pass\n',
+     [f'{EXPORT}::test_a_run_refuses_a_missing_converter_before_it_trains']),
+    ("run.export_formats not passed to the training's export", 'minc_tf/train.py',
+     'step=job.checkpointer.step, formats=job.export_formats)', 'step=job.checkpointer.step)',
+     [f'{EXPORT}::test_training_and_the_export_mode_write_the_formats_asked_for']),
+    ('run.export_formats not passed to the export mode', 'minc_tf/train.py',
+     'step=step, formats=job.export_formats)', 'step=step)',
+     [f'{EXPORT}::test_training_and_the_export_mode_write_the_formats_asked_for']),
 ]
 
 

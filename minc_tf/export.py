@@ -5,11 +5,26 @@ W: the training size is not built in) to float32 features [N, D] (scaling and no
 encoder trained in), and <export_dir>/encoder.keras, the same
 model as a Keras file, and export_info.json the training step it was taken at. Loading either
 needs only TensorFlow / Keras.
+
+On request (run.export_formats), Keras' other formats of the same model lie beside them:
+encoder.onnx (ONNX, for ONNX Runtime), encoder.tflite (LiteRT, formerly TensorFlow Lite) and
+encoder.xml with its weights encoder.bin (OpenVINO IR). Each has the SavedModel's one input,
+'image', uint8 [N, H, W, C], and its one output, float32 features [N, D]. N, H and W stay
+dynamic in all three, as in the SavedModel, rather than fixed at the training size: the
+convolutions and the global pooling take any size, and a downstream task's images are often
+larger. (LiteRT: resize_tensor_input to the batch's shape, then allocate_tensors, before each
+new size.) LiteRT is written by TensorFlow's own converter; ONNX needs tf2onnx and OpenVINO
+needs openvino and scipy: pip install 'minc_tf[export]', which also brings ONNX Runtime and
+the LiteRT interpreter to load the files with.
 """
 
+import contextlib
+import importlib
 import json
 import os
 import shutil
+import tempfile
+import typing
 
 import keras
 import numpy as np
@@ -17,6 +32,24 @@ import tensorflow as tf
 
 from minc_tf import files
 from minc_tf import keras_internals
+from minc_tf.errors import UserError, require, subset_of
+
+
+class Format(typing.NamedTuple):
+  file: str  # in export_dir
+  needs: tuple  # the modules its converter imports, each from the pip package of its name
+
+
+# Keras' other export formats on the TensorFlow backend (its "torch" format needs the PyTorch
+# backend), written beside the SavedModel on request.
+FORMATS = {
+    'onnx': Format('encoder.onnx', ('tf2onnx', 'onnx')),
+    'litert': Format('encoder.tflite', ()),  # TensorFlow's own TFLite converter
+    # Its weights in encoder.bin beside it; Keras' converter imports its OpenVINO backend,
+    # which imports scipy.
+    'openvino': Format('encoder.xml', ('openvino', 'scipy')),
+}
+INSTALL = "pip install 'minc_tf[export]'"
 
 
 def float32_encoder(encoder, any_size=False):
@@ -69,14 +102,59 @@ def exported_step(export_dir):
     return None
 
 
-def export_encoder(encoder, mean, std, export_dir, step=None):
-  """Writes the SavedModel, encoder.keras and export_info.json ({'step': step}) to export_dir,
-  replacing what was there.
+def check_formats(formats):
+  """Raises a UserError naming the fix for `formats` (run.export_formats) unless each is one of
+  FORMATS and the modules its converter needs import here; train.run calls it before any
+  work, export_encoder before it writes anything. Imported, not only looked up: a broken
+  install fails here too, not after training."""
+  require('run.export_formats', formats, subset_of(FORMATS))
+  for name in formats:
+    for module in FORMATS[name].needs:
+      try:
+        importlib.import_module(module)
+      except ImportError as e:
+        raise UserError(
+            f'run.export_formats asks for {name!r}, whose converter needs the Python package '
+            f'{module}, which does not import here ({e}). Fix: {INSTALL} (or pip install '
+            f'{module}), or drop {name!r} from run.export_formats.') from None
+
+
+@contextlib.contextmanager
+def _local(directory):
+  """A local directory whose files end up in `directory`: itself on a local disk; on object
+  stores (gs://, ram://) a temporary one, copied over after: the ONNX, LiteRT and OpenVINO
+  converters write through local file APIs only."""
+  if '://' not in directory:
+    yield directory
+    return
+  with tempfile.TemporaryDirectory() as local:
+    yield local
+    for name in os.listdir(local):
+      files.copy(os.path.join(local, name), os.path.join(directory, name))
+
+
+def _write_formats(model, formats, directory):
+  """FORMATS' files of `model` in `directory`, each with the SavedModel's input: uint8 images
+  'image' of any batch, height and width. Stated, not inferred: Keras' ONNX export infers no
+  signature from a model that was never called, and the serving model is built, not called."""
+  if not formats:
+    return
+  image = tf.TensorSpec((None, None, None, model.input_shape[-1]), tf.uint8, name='image')
+  with _local(directory) as local:
+    for name in formats:
+      model.export(os.path.join(local, FORMATS[name].file), format=name, verbose=False,
+                   input_signature=[image])
+
+
+def export_encoder(encoder, mean, std, export_dir, step=None, formats=()):
+  """Writes the SavedModel, encoder.keras, export_info.json ({'step': step}) and the files of
+  `formats` (FORMATS' names) to export_dir, replacing what was there.
 
   Local disks: written beside it and swapped in by directory renames, atomically. Object stores
   (gs://) and ram:// have no directory rename: the files are copied over one by one, with
   export_info.json removed first and written last, so an export without it is incomplete.
   """
+  check_formats(formats)
   model = serving_model(encoder, mean, std)
   export_dir = export_dir.rstrip('/')
   parent, name = os.path.split(export_dir)
@@ -87,6 +165,7 @@ def export_encoder(encoder, mean, std, export_dir, step=None):
     tf.io.gfile.rmtree(tmp)
   model.export(tmp, format='tf_saved_model', verbose=False)
   model.save(os.path.join(tmp, 'encoder.keras'))
+  _write_formats(model, formats, tmp)
   files.write(os.path.join(tmp, INFO), json.dumps({'step': step}))
   if '://' not in export_dir:
     old = export_dir + '.old'

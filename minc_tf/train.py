@@ -30,10 +30,11 @@ from minc_tf import plots
 from minc_tf import run_dir
 from minc_tf import runtime
 from minc_tf import schema
-from minc_tf.errors import UserError, int_at_least, one_of, real_in, require
+from minc_tf.errors import UserError, int_at_least, one_of, real_in, require, subset_of
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
 TRAINING = ('train', 'train_and_eval')
+EXPORT_FORMATS = tuple(export_lib.FORMATS)  # run.export_formats' choices
 
 
 @dataclasses.dataclass
@@ -57,6 +58,7 @@ class _Job:
   identity: dict
   record_identity: bool
   lock: object = None  # run_dir.Lock of a training's chief
+  export_formats: tuple = ()  # run.export_formats
 
   @property
   def chief(self):
@@ -82,7 +84,8 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
         tensorboard_update_freq=100,
         feature_rank_every_steps=None, feature_rank_per_epoch=1, feature_rank_images=1024,
         checkpoint_every_steps=1000, checkpoint_every_secs=600, keep_checkpoints=3,
-        max_weight_growth=1e4, sync_bn=None, allow_config_change=False, reuse_model_dir=False):
+        max_weight_growth=1e4, sync_bn=None, export_formats=(), allow_config_change=False,
+        reuse_model_dir=False):
   """Runs one experiment in `model_dir` and returns the results dict.
 
   global_batch_size: across all replicas; must divide by strategy.num_replicas_in_sync.
@@ -130,6 +133,10 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
   sync_bn: BatchNorm statistics over the global batch (one all-reduce per BN layer per step);
     None: when there is more than one replica (as SimCLR and BYOL train); False keeps them per
     replica (fewer collectives on GPU clusters, a different estimator).
+  export_formats: Keras' other formats to write beside the SavedModel in <model_dir>/export:
+    'onnx' (encoder.onnx), 'litert' (encoder.tflite), 'openvino' (encoder.xml + .bin). Each
+    has the SavedModel's input and output (export.py); ONNX and OpenVINO need
+    pip install 'minc_tf[export]', which is checked before training starts.
   allow_config_change (main's --allow_config_change, not a gin setting): continue a model dir
     whose recorded defining settings (run_identity.json) differ from this configuration's.
   reuse_model_dir (main's flag): use a dir of other files (run_dir.claim). Every mode holds
@@ -166,9 +173,12 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       ('keep_checkpoints', keep_checkpoints, int_at_least(1)),
       ('max_weight_growth', max_weight_growth,
        real_in(1, math.inf, low_open=True, optional=True)),
-      ('sync_bn', sync_bn, one_of((None, False, True)))):
+      ('sync_bn', sync_bn, one_of((None, False, True))),
+      ('export_formats', export_formats, subset_of(EXPORT_FORMATS))):
     require(f'run.{name}', value, check)
   evaluate.check_settings()
+  if mode != 'eval':  # the modes that export: a converter missing here fails now, not then
+    export_lib.check_formats(export_formats)
   if seed is not None:
     keras.utils.set_random_seed(seed)
   # The default strategy is the single-device one; others keep their inter-op pool.
@@ -313,7 +323,8 @@ def _set_up(settings):
       tf.io.gfile.rmtree(out_dir)
     raise
   return _Job(mode, model_dir, out_dir, strategy, data, model, checkpointer, global_batch_size,
-              epochs, steps_per_epoch, identity, record_identity, lock)
+              epochs, steps_per_epoch, identity, record_identity, lock,
+              tuple(settings.export_formats))
 
 
 def _resume(job, seed):
@@ -452,7 +463,7 @@ def _finish_training(job):
   """The finished run's files: the final weights, the exported encoder, the operative config."""
   run_dir.save_weights(job.model, job.out_dir)
   export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
-                            step=job.checkpointer.step)
+                            step=job.checkpointer.step, formats=job.export_formats)
   files.write(job.out('operative_config.gin'), gin.operative_config_str())
 
 
@@ -492,7 +503,7 @@ def _restored_results(job):
              'replicas': job.strategy.num_replicas_in_sync, f'{mode}_checkpoint_step': step}
   if mode == 'export':
     export_lib.export_encoder(job.model.encoder, job.data.mean, job.data.std, job.out('export'),
-                              step=step)
+                              step=step, formats=job.export_formats)
   return results
 
 

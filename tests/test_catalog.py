@@ -29,6 +29,9 @@ def test_every_parameter_of_every_configurable_is_listed_with_a_doc_line():
   assert by_key['view_transforms.hue']['allowed'] == 'a number in [0, 0.5]'
   assert by_key['linear_probe.l2']['allowed'] == 'a number in [0, inf]'
   assert by_key['load_data.channels']['allowed'] == 'one of 1, 3'
+  # A check naming a module's constant (train.EXPORT_FORMATS) is read too.
+  assert by_key['run.export_formats']['allowed'] == (
+      "a list of distinct values out of 'onnx', 'litert', 'openvino' (or empty)")
   assert by_key['build_model.mu']['default'] == 10.0 and '(minc, spectral)' in by_key[
       'build_model.mu']['doc']
   assert sum(1 for e in entries if e['allowed']) > 70

@@ -59,6 +59,8 @@ BAD_SETTINGS = [
      'training images'),
     (['knn_accuracy.k=0'], 'knn_accuracy.k = 0 is not allowed'),
     (['offline_linear_eval.momentum=1.0'], 'offline_linear_eval.momentum = 1.0 is not allowed'),
+    (["run.export_formats=('pdf',)"], "run.export_formats = ('pdf',) is not allowed: it must "
+     "be a list of distinct values out of 'onnx', 'litert', 'openvino' (or empty)"),
 ]
 
 
