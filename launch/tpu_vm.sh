@@ -14,9 +14,10 @@
 # TF_VERSION, pod or single host and the chip family (2.18 has -v5p-and-below and -v5e-and-v6
 # builds); it stops, naming the TensorFlow images there, when none matches. VERSION=<image>
 # picks one yourself (checked against the same list). TPU_VERSIONS_FILE (one image per line)
-# replaces the gcloud query: the offline stand-in the tests use.
-# `install` keeps the image's TensorFlow and libtpu (pip may not replace them: a constraints
-# file of their installed versions) and checks that TensorFlow is TF_VERSION; `train` sets the
+# replaces the gcloud query: the offline stand-in the tests use (DRY_RUN=1 still runs that
+# read-only query, the check itself).
+# `install` keeps the image's TensorFlow, libtpu and their dependencies (a constraints file of
+# the installed versions, Keras' aside) and checks that TensorFlow is TF_VERSION; `train` sets the
 # PJRT environment as Google's TF-on-TPU CI sets it (single host:
 # NEXT_PLUGGABLE_DEVICE_USE_C_API, TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so; a pod:
 # TPU_LOAD_LIBRARY=0).
@@ -121,10 +122,12 @@ case "$cmd" in
       --accelerator-type="$ACCELERATOR" --version="$image"
     ;;
   install)
-    # The image's TensorFlow and libtpu stay: their installed versions constrain pip, so an
-    # upgrade of either is a resolution error, not a second TensorFlow. Then TF must be TF_VERSION.
-    pip_install="cd minc_tf && python3 -m pip list --format=freeze | grep -iE '^(tensorflow|tensorflow-tpu|libtpu|libtpu-nightly)==' > ~/image_tf.txt \
-&& python3 -m pip install -e . -c ~/image_tf.txt \
+    # The image's packages stay as they are: every installed version but Keras' (minc_tf needs
+    # Keras 3.15) constrains pip, so TensorFlow, libtpu and what TensorFlow needs (numpy,
+    # protobuf, ml_dtypes, tensorboard) are never replaced: a clash is a resolution error, not
+    # a broken TensorFlow. Then TensorFlow must be TF_VERSION.
+    pip_install="cd minc_tf && python3 -m pip list --format=freeze | grep -viE '^keras==' > ~/image_packages.txt \
+&& python3 -m pip install -e . -c ~/image_packages.txt \
 && python3 -c 'import sys, tensorflow as tf; sys.exit(0 if tf.__version__ == \"$TF_VERSION\" else \"the image has TensorFlow %s, not TF_VERSION=$TF_VERSION: set TF_VERSION to it\" % tf.__version__)'"
     if [ -n "$REPO" ]; then
       ssh0 "(git clone $REPO minc_tf || (cd minc_tf && git pull)) && $pip_install"

@@ -216,7 +216,10 @@ class ImageData:
 
     ds = self.source.examples(self.train_split, input_context, shuffle=True, seed=seed)
     if isinstance(self.source, sources.TfdsSource):
-      ds = ds.shuffle(10 * batch_size, seed=seed)
+      # Ten of this pipeline's global-batch shares (batch_size is per replica).
+      replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                       if input_context is not None else 1)
+      ds = ds.shuffle(10 * batch_size * replicas_here, seed=seed)
     ds = ds.repeat().enumerate().map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=True))

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from minc_tf import networks
 from minc_tf import spectrum
+from minc_tf import strategy as strategy_lib
 from minc_tf.errors import UserError, int_at_least, interval_in, real_in, require
 
 
@@ -287,6 +288,8 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
     in training mode).
   """
   strategy = strategy or tf.distribute.get_strategy()
+  strategy_lib.check_host_loop(strategy, steps_per_execution,
+                               'offline_linear_eval.steps_per_execution')
   steps = steps_per_epoch or max(data.num_train // batch_size, 1)
   if steps % steps_per_execution:
     raise UserError(f'offline_linear_eval.steps_per_execution = {steps_per_execution} does not '

@@ -92,3 +92,16 @@ def check_tf_config(text):
     raise UserError(f"TF_CONFIG's task index {index!r} is not one of the "
                     f"{len(cluster[task['type']])} {task['type']}s. {fix}")
 
+
+
+def check_host_loop(strategy, steps_per_execution, setting):
+  """Stops a host loop of several steps under a (MultiWorker)MirroredStrategy before any work:
+  Keras 3's multi-step loop fails there at its first call ("You must feed a value for
+  placeholder tensor 'while/cond/Placeholder'", keras-team/keras#19246; reproduced with this
+  project's train step on 2 CPU devices). TPUStrategy and the default strategy run it."""
+  mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+  if steps_per_execution > 1 and isinstance(strategy, mirrored):
+    raise UserError(
+        f'{setting} = {steps_per_execution} under {type(strategy).__name__}: Keras 3 cannot run '
+        'several steps per call under a mirrored strategy (keras-team/keras#19246). Fix: bind '
+        f'{setting} = 1 (gin/gpu_cluster.gin does, for GPU hosts).')

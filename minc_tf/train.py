@@ -30,6 +30,7 @@ from minc_tf import plots
 from minc_tf import run_dir
 from minc_tf import runtime
 from minc_tf import schema
+from minc_tf import strategy as strategy_lib
 from minc_tf.errors import UserError, int_at_least, one_of, real_in, require, subset_of
 
 MODES = ('train', 'eval', 'export', 'train_and_eval')
@@ -177,6 +178,11 @@ def run(mode, model_dir, strategy, global_batch_size=4096, epochs=300, steps_per
       ('export_formats', export_formats, subset_of(EXPORT_FORMATS))):
     require(f'run.{name}', value, check)
   evaluate.check_settings()
+  strategy_lib.check_host_loop(strategy, steps_per_execution, 'run.steps_per_execution')
+  if offline_linear_eval:
+    strategy_lib.check_host_loop(strategy,
+                                 evaluate.settings('offline_linear_eval')['steps_per_execution'],
+                                 'offline_linear_eval.steps_per_execution')
   if mode != 'eval':  # the modes that export: a converter missing here fails now, not then
     export_lib.check_formats(export_formats)
   if seed is not None:

@@ -18,6 +18,7 @@ from conftest import REPO
 from minc_tf import data as data_lib
 from minc_tf import config
 from minc_tf import run_dir
+from minc_tf import strategy as strategy_lib
 from minc_tf import train
 from minc_tf.errors import UserError
 from helpers import TINY_IMAGENET, assert_accuracy_over
@@ -64,6 +65,25 @@ def test_mock_imagenet_under_mirrored_strategy_with_views_made_on_device(tmp_pat
   with tfds.testing.mock_data(num_examples=64):
     results = train.run('train', str(tmp_path), mirrored)
   assert results['replicas'] == 2 and np.isfinite(results['final_loss'])
+
+
+def test_a_multi_step_host_loop_under_a_mirrored_strategy_stops_before_any_work(tmp_path,
+                                                                               mirrored):
+  """Keras 3's multi-step loop fails at its first call under MirroredStrategy
+  (keras-team/keras#19246): run() names the setting and the fix first, for the pretraining
+  loop and for the linear evaluation's (which would otherwise fail after pretraining)."""
+  for binding, name in [('run.steps_per_execution = 2', 'run.steps_per_execution'),
+                        ('offline_linear_eval.steps_per_execution = 2',
+                         'offline_linear_eval.steps_per_execution')]:
+    gin.clear_config()
+    config.parse_gin(['gin/minc.gin'], TINY_IMAGENET + [binding])
+    with pytest.raises(UserError, match=rf'{name} = 2 under MirroredStrategy: .* Fix: bind '
+                                        rf'{name} = 1'):
+      train.run('train_and_eval', str(tmp_path / 'run'), mirrored)
+    assert not (tmp_path / 'run').exists()
+  # One step per call, and any loop off the mirrored strategies, pass the check.
+  strategy_lib.check_host_loop(mirrored, 1, 'run.steps_per_execution')
+  strategy_lib.check_host_loop(tf.distribute.get_strategy(), 52, 'run.steps_per_execution')
 
 
 def test_batch_not_divisible_by_replicas_is_a_clear_error(tmp_path, mirrored):
