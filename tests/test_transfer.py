@@ -111,3 +111,30 @@ def test_fine_tuning_trains_on_two_replicas(run_dir, tmp_path, mirrored):
   # The views were normalised as the encoder was trained, not with the folder's defaults.
   _, mean, std, _ = transfer.load_encoder(run_dir, 1)
   assert (data.mean, data.std) == (mean, std) and mean != (0.5,)
+
+
+def test_a_finished_encoder_transfers_to_a_tfds_dataset(run_dir, tmp_path):
+  """The TFDS path of transfer (a dataset by name: here TFDS' mock of mnist, PNG-encoded
+  28 x 28 x 1, 10 classes, random labels): every phase runs on the TFDS source and reports
+  figures of its split; the example counts are the mock's."""
+  import gin
+  import tensorflow_datasets as tfds
+  from minc_tf import config
+  from minc_tf import data as data_lib
+  config.parse_gin([], ["load_data.name = 'mnist'", 'load_data.image_size = 28',
+                        "load_data.eval_split = 'test'", 'load_data.num_train = 40',
+                        'offline_linear_eval.epochs = 1', 'offline_linear_eval.batch_size = 8',
+                        'offline_linear_eval.steps_per_epoch = 2'])
+  try:
+    with tfds.testing.mock_data(num_examples=40):
+      data = data_lib.load_data()
+      res = transfer.run(str(tmp_path / 'tfds'), run_dir, tf.distribute.get_strategy(), data,
+                         eval_batch_size=16, baselines=False)
+  finally:
+    gin.clear_config()
+  assert res['num_classes'] == 10 and res['image_size'] == 28 and res['feature_dim'] == 16
+  for key in ('probe_top1', 'knn_top1', 'linear_eval_top1'):
+    assert 0.0 <= res[key] <= 100.0, res  # chance-level: the mock's labels are random
+    # Scored on the mock's 40 test images: every figure is a whole number of them.
+    assert abs(res[key] * 40 / 100 - round(res[key] * 40 / 100)) < 1e-6, (key, res[key])
+  assert os.path.exists(tmp_path / 'tfds' / 'results.json')
