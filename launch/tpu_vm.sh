@@ -22,7 +22,8 @@
 # NEXT_PLUGGABLE_DEVICE_USE_C_API, TF_PLUGGABLE_DEVICE_LIBRARY_PATH=/lib/libtpu.so; a pod:
 # TPU_LOAD_LIBRARY=0).
 # `smoke` (run it before booking a pod; docs/scaling.md says what it checks): a v4-8 run of
-# gin/smoke_tpu.gin, B = 256 for 100 steps with the evaluation, into its own run dir.
+# gin/smoke_tpu.gin, B = 256 for 100 steps with the evaluation, into its own run dir
+# (smoke_<experiment>_<accelerator>; smoke sets RUN and TOPOLOGY_GIN itself).
 # GIN (default gin/minc.gin) is the experiment; gin/tpu_<ACCELERATOR>.gin (TOPOLOGY_GIN) the
 # slice's batch that fits. RUN names the run dir (default <experiment>_<accelerator>): rerun
 # the same command to resume it. REPO: a git URL to clone on the VM; unset, `install` copies
