@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from minc_tf import export
 from minc_tf import networks
 from minc_tf import spectrum
 from minc_tf import strategy as strategy_lib
@@ -305,11 +306,7 @@ def offline_linear_eval(encoder, data, strategy=None, epochs=80, batch_size=1024
       scorer = keras.Model(images, logits)  # on normalised images (data.eval_dataset's)
       # Trained on uint8 crops, normalised on the device: (x / 255 - mean) / std.
       crops = keras.Input(data.image_shape, dtype='uint8')
-      std, mean = np.asarray(data.std, np.float32), np.asarray(data.mean, np.float32)
-      normalised = keras.layers.Rescaling(scale=(1.0 / (255.0 * std)).tolist(),
-                                          offset=(-mean / std).tolist(), dtype='float32',
-                                          name='normalize')(crops)
-      classifier = keras.Model(crops, scorer(normalised))
+      classifier = keras.Model(crops, scorer(export.normalizer(data.mean, data.std)(crops)))
       schedule = keras.optimizers.schedules.CosineDecay(
           base_learning_rate * batch_size / 256, steps * epochs)
       classifier.compile(

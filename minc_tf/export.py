@@ -74,17 +74,23 @@ def float32_encoder(encoder, any_size=False):
   return copy
 
 
+def normalizer(mean, std):
+  """uint8 images -> (x / 255 - mean) / std in float32, as one affine Rescaling layer named
+  'normalize' (transfer.load_encoder reads the statistics back from it). float32 whatever the
+  global policy: the statistics are not rounded to bf16."""
+  std = np.asarray(std, np.float32)
+  mean = np.asarray(mean, np.float32)
+  return keras.layers.Rescaling(scale=(1.0 / (255.0 * std)).tolist(),
+                                offset=(-mean / std).tolist(), dtype='float32', name='normalize')
+
+
 def serving_model(encoder, mean, std):
   """uint8 images -> normalised floats -> encoder features, built from stock Keras layers only.
   The images may be of any size (the encoder is rebuilt for it: float32_encoder)."""
   encoder = float32_encoder(encoder, any_size=True)
   image_shape = tuple(encoder.input_shape[1:])
   inputs = keras.Input(shape=image_shape, dtype='uint8', name='image')
-  std = np.asarray(std, np.float32)
-  mean = np.asarray(mean, np.float32)
-  # (x / 255 - mean) / std as one affine map; Rescaling casts the uint8 input to float32.
-  x = keras.layers.Rescaling(scale=(1.0 / (255.0 * std)).tolist(),
-                             offset=(-mean / std).tolist(), name='normalize')(inputs)
+  x = normalizer(mean, std)(inputs)
   features = encoder(x, training=False)
   features = keras.layers.Activation('linear', dtype='float32', name='features')(features)
   return keras.Model(inputs, features, name='minc_tf_encoder')

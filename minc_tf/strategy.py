@@ -93,7 +93,6 @@ def check_tf_config(text):
                     f"{len(cluster[task['type']])} {task['type']}s. {fix}")
 
 
-
 def check_host_loop(strategy, steps_per_execution, setting):
   """Stops a host loop of several steps under a (MultiWorker)MirroredStrategy before any work:
   Keras 3's multi-step loop fails there at its first call ("You must feed a value for
