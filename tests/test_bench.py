@@ -38,7 +38,11 @@ def test_one_cell_prints_its_figure_in_the_documented_format(tmp_path):
   assert m, figure
   images_per_s, step_s = float(m.group(1)), float(m.group(2))
   assert images_per_s > 0 and step_s > 0
-  assert abs(images_per_s - 16 / step_s) <= 0.01 * images_per_s + 0.1  # 2B = 16 per step
+  # 2B = 16 images per step. The step is printed to 1 ms and the rate to 0.1, so 16 / step
+  # agrees with the rate within what those roundings allow (on a fast CPU a 20 ms step leaves
+  # 2.5% of slack, more than a fixed 1%).
+  slack = 16 * 0.0005 / (step_s - 0.0005) ** 2 + 0.05
+  assert abs(images_per_s - 16 / step_s) <= slack + 1e-6, (images_per_s, step_s)
   assert any(line.startswith('ratios of images/s') for line in lines)
 
 
