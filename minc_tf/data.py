@@ -97,8 +97,8 @@ class ImageData:
     split: the split to view (default: train_split; evaluate.spectral_objective views the
       evaluation split).
     shuffle_buffer: TFDS sources: each epoch's examples are permuted within runs of this many
-      (default 10 x batch_size), after the seeded file order; in-memory and folder sources are
-      permuted whole.
+      (default 10 x batch_size), after each epoch's file order (sources.TfdsSource.epochs);
+      in-memory and folder sources are permuted whole.
     seed: makes the order and every augmentation reproducible (each epoch's order, and each
       example's views, come from stateless seeds of (seed, pipeline, epoch[, position]));
       None draws a fresh seed.
@@ -214,12 +214,16 @@ class ImageData:
       image.set_shape(self.image_shape)
       return image, label
 
-    ds = self.source.examples(self.train_split, input_context, shuffle=True, seed=seed)
     if isinstance(self.source, sources.TfdsSource):
-      # Ten of this pipeline's global-batch shares (batch_size is per replica).
+      # Files in another seeded order each pass, then ten of this pipeline's global-batch
+      # shares shuffled (batch_size is per replica): simclr tf2's shuffling.
+      ds = self.source.examples(self.train_split, input_context, shuffle=True, seed=seed,
+                                reshuffle=True)
       replicas_here = (input_context.num_replicas_in_sync // input_context.num_input_pipelines
                        if input_context is not None else 1)
       ds = ds.shuffle(10 * batch_size * replicas_here, seed=seed)
+    else:
+      ds = self.source.examples(self.train_split, input_context, shuffle=True, seed=seed)
     ds = ds.repeat().enumerate().map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(deterministic=True))

@@ -146,12 +146,14 @@ class Source:
     return None
 
 
-def streamed_epochs(source, window, moving_boundaries=True):
-  """epoch(key, start) over a dataset read in sequence: a permutation within runs of `window`
+def streamed_epochs(stream, window, moving_boundaries=True):
+  """epoch(key, start) over examples read in sequence, stream(key) (a dataset: one epoch's
+  examples, in an order that may itself depend on key): a permutation within runs of `window`
   examples whose boundaries move from epoch to epoch (moving_boundaries; else one run from the
   start, for a source that is in memory anyway)."""
 
   def epoch(key, start):
+    source = stream(key)
     block_key = tf.random.experimental.stateless_fold_in(key, -2)
     # The first run is shorter by a random amount, so the runs' boundaries (and with them
     # which examples can share a batch) differ from epoch to epoch.
@@ -209,8 +211,8 @@ class _Indexed(Source):
     it skips); a cached folder's bytes are permuted whole instead."""
     if self._cache and self.encoded:
       size = self.epoch_size(split, input_context)
-      return streamed_epochs(self.examples(split, input_context), size,
-                             moving_boundaries=False)
+      cached = self.examples(split, input_context)
+      return streamed_epochs(lambda key: cached, size, moving_boundaries=False)
     images, labels = self.shard(split, input_context)
     n = len(labels)
     images, labels = tf.constant(images), tf.constant(labels)
@@ -248,20 +250,23 @@ class FolderSource(_Indexed):
 
 class TfdsSource(Source):
   """A prepared TFDS builder, read with JPEG bytes undecoded; each input pipeline reads only
-  its own files (tfds.ReadConfig(input_context))."""
+  its own files (every num_input_pipelines-th of the split's, as tfds.ReadConfig(input_context)
+  shards them)."""
+
+  # Files read at once, one example from each in turn (TFDS' default cycle; simclr tf2's
+  # block of 1, so that neighbours in the stream come from different files).
+  INTERLEAVE_CYCLE = 16
 
   def __init__(self, builder, cache=False):
     self.builder = builder
     self._cache = cache
 
-  def examples(self, split, input_context=None, shuffle=False, seed=None):
-    """shuffle: files in one order fixed by the seed (pretraining shuffles each epoch's
-    examples itself, streamed_epochs)."""
+  def examples(self, split, input_context=None, shuffle=False, seed=None, reshuffle=False):
+    """shuffle: the files in an order drawn from the seed, the same every pass (reshuffle:
+    another each pass of a repeat, the sequence of orders fixed by the seed)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    # The files' order is the same every epoch, so that epoch e's stream is a function of
-    # (seed, e) alone.
     read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed,
-                                  shuffle_reshuffle_each_iteration=False,
+                                  shuffle_reshuffle_each_iteration=reshuffle,
                                   try_autocache=False)
     ds = self.builder.as_dataset(split=split, shuffle_files=shuffle,
                                  read_config=read_config, as_supervised=True,
@@ -269,8 +274,9 @@ class TfdsSource(Source):
     # Encoded bytes are cached (when they fit in memory), never decoded or augmented images.
     return ds.cache() if self._cache else ds
 
-  def epoch_size(self, split, input_context):
-    """TFDS gives each pipeline every num_input_pipelines-th file of the split."""
+  def files(self, split, input_context):
+    """This pipeline's share of the split's file instructions (tfds FileInstruction: path,
+    skip, take), or None where the builder lists none (a mocked builder)."""
     try:
       instructions = list(self.builder.info.splits[split].file_instructions)
     except Exception:  # pylint: disable=broad-except  (mocked or unusual builders)
@@ -278,10 +284,52 @@ class TfdsSource(Source):
     if input_context is not None:
       instructions = instructions[input_context.input_pipeline_id::
                                   input_context.num_input_pipelines]
-    return sum(int(f.take) for f in instructions) or None
+    return instructions
+
+  def epoch_size(self, split, input_context):
+    instructions = self.files(split, input_context)
+    return sum(int(f.take) for f in instructions or ()) or None
 
   def epochs(self, split, input_context, seed, window):
-    return streamed_epochs(self.examples(split, input_context, shuffle=True, seed=seed), window)
+    """Each epoch reads this pipeline's files in an order of its own, a stateless function of
+    the epoch's key (as simclr tf2's files are reshuffled each epoch, but reproducible: a run
+    resumed in epoch e reads epoch e's order, whatever the process read before), interleaved
+    INTERLEAVE_CYCLE at a time; then permuted within runs of `window` (streamed_epochs).
+
+    Cached, or where the files cannot be read directly (a mocked builder, a file format other
+    than TFRecord): the files in one order fixed by the seed, every epoch."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    instructions = self.files(split, input_context)
+    file_format = getattr(self.builder.info, 'file_format', None)  # None: TFDS' default
+    tfrecord = getattr(file_format, 'value', file_format) in (None, 'tfrecord')
+    if self._cache or not instructions or not tfrecord:
+      fixed = self.examples(split, input_context, shuffle=True, seed=seed)
+      return streamed_epochs(lambda key: fixed, window)
+    paths = tf.constant([os.fspath(f.filename) for f in instructions])
+    skips = tf.constant([int(f.skip) for f in instructions], tf.int64)
+    takes = tf.constant([int(f.take) for f in instructions], tf.int64)
+    n = len(instructions)
+    features = self.builder.info.features
+    image_key, label_key = self.builder.info.supervised_keys
+    decoders = {image_key: tfds.decode.SkipDecoding()}
+
+    def parse(serialized):
+      example = features.deserialize_example(serialized, decoders=decoders)
+      return example[image_key], example[label_key]
+
+    def stream(key):
+      order = tf.random.experimental.index_shuffle(
+          tf.range(n, dtype=tf.int64), tf.random.experimental.stateless_fold_in(key, -4), n - 1)
+      files = tf.data.Dataset.from_tensor_slices(
+          (tf.gather(paths, order), tf.gather(skips, order), tf.gather(takes, order)))
+      # deterministic: the epoch's stream, and so a resume's skip, is the same on every read.
+      records = files.interleave(
+          lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take),
+          cycle_length=min(n, self.INTERLEAVE_CYCLE), block_length=1,
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return streamed_epochs(stream, window)
 
 
 def imagenet_help(name, data_dir):

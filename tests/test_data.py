@@ -239,7 +239,7 @@ def test_image_folder_reshuffles_every_epoch_and_resumes_exactly(tmp_path, cache
 def _tfds_images(data_dir):
   """A real TFDS dataset (16 px PNGs of 3 classes, 40 training images in 4 files)."""
 
-  class TinyImages(tfds.core.GeneratorBasedBuilder):
+  class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
@@ -276,6 +276,73 @@ def test_tfds_source_knows_each_input_pipelines_epoch_and_resumes_exactly(tmp_pa
   labels = _resume_matches(d, 4, 12, 7, ctx, shuffle_buffer=6)
   np.testing.assert_array_equal(np.sort(labels[:read]), np.sort(labels[read:2 * read]))
   assert not np.array_equal(labels[:read], labels[read:2 * read])
+
+
+def _tfds_file_of(d):
+  """{encoded image: the file of the tiny TFDS split it is in}, from TFDS's own reading of
+  each file's slice of the split."""
+  assert [int(f.take) for f in d.source.files('train', None)] == [10] * 4
+  skip = {'image': tfds.decode.SkipDecoding()}
+  file_of = {}
+  for i in range(4):
+    for image, _ in d.source.builder.as_dataset(split=f'train[{10 * i}:{10 * (i + 1)}]',
+                                                as_supervised=True, decoders=skip):
+      file_of[image.numpy()] = i
+  assert len(file_of) == 40
+  return file_of
+
+
+def test_tfds_files_are_read_in_a_new_order_each_epoch_and_resume_exactly(tmp_path):
+  """Each epoch reads the split's 4 files in an order of its own, interleaved one example from
+  each in turn (simclr tf2's reshuffled, interleaved files): with runs of 1 (no permutation
+  after the read), the file each example came from, told by TFDS's own reading of the file's
+  slice of the split, shows the order. The same key gives the same stream, and a resume across
+  an epoch boundary is bit-exact."""
+  d = _tfds_images(tmp_path)
+  file_of = _tfds_file_of(d)
+  epoch_of = d.source.epochs('train', None, seed=3, window=1)
+
+  def files_read(epoch):
+    key = tf.constant([3, epoch], tf.int64)
+    return [file_of[image.numpy()] for _, (image, _) in epoch_of(key, 0)]
+
+  orders = []
+  for epoch in range(3):
+    read = files_read(epoch)
+    assert len(read) == 40 and sorted(read) == sorted(list(range(4)) * 10)
+    order = read[:4]
+    assert sorted(order) == [0, 1, 2, 3] and read == order * 10, read
+    orders.append(tuple(order))
+  assert len(set(orders)) > 1, orders
+  assert files_read(1) == list(orders[1]) * 10
+  # 10 steps an epoch of 40; resumed in epoch 1, permuted within runs of 6.
+  labels = _resume_matches(d, 4, 25, 13, shuffle_buffer=6)
+  np.testing.assert_array_equal(np.sort(labels[:40]), np.sort(labels[40:80]))
+
+
+def test_linear_evaluation_reads_tfds_files_in_a_new_seeded_order_each_pass(tmp_path):
+  """The offline probe's TFDS input reshuffles the files every pass (TFDS reads a file whole
+  at a time here, so each run of 10 shows the order), reproducibly from the seed; its views
+  are uint8 crops."""
+  d = _tfds_images(tmp_path)
+  file_of = _tfds_file_of(d)
+
+  def pass_orders(reshuffle, seed):
+    ds = d.source.examples('train', shuffle=True, seed=seed, reshuffle=reshuffle).repeat(4)
+    read = [file_of[image.numpy()] for image, _ in ds]
+    assert len(read) == 160
+    return [tuple(read[p * 40: (p + 1) * 40: 10]) for p in range(4)]
+
+  fixed, reshuffled = pass_orders(False, 5), pass_orders(True, 5)
+  assert len(set(fixed)) == 1 and len(set(reshuffled)) > 1, (fixed, reshuffled)
+  assert all(sorted(o) == [0, 1, 2, 3] for o in reshuffled)
+  assert pass_orders(True, 5) == reshuffled
+  asked = []
+  examples = d.source.examples
+  d.source.examples = lambda *a, **kw: asked.append(kw) or examples(*a, **kw)
+  (x, y), = d.linear_eval_dataset(8, seed=5).take(1)
+  assert asked == [{'shuffle': True, 'seed': 5, 'reshuffle': True}], asked
+  assert x.dtype == tf.uint8 and x.shape == (8, 16, 16, 3) and y.shape == (8,)
 
 
 def test_image_folder_fail_mode_names_the_file(tmp_path):
