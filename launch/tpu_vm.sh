@@ -84,7 +84,11 @@ choose_version() {
     if [ "$POD" = 1 ]; then pod=-pod; else pod=; fi
     prefix="tpu-vm-tf-${TF_VERSION}${pod}-pjrt"
     case "$ACCELERATOR" in
-      v5litepod-*|v5e-*|v6e-*) family=v5e-and-v6 ;;
+      v5litepod-*|v5e-*) family=v5e-and-v6 ;;
+      v6e-*) family=v5e-and-v6
+        # No shipped config targets Trillium, and a public report has 2.18's v5e-and-v6 image
+        # see the chips of a v6e-4 but crash creating TPUStrategy: say so before booking it.
+        echo "Warning: $ACCELERATOR (v6e) is untested with minc_tf and has no gin/tpu_*.gin; TensorFlow 2.18 on v6e is reported to fail creating TPUStrategy. Run \`smoke\` on it before a long run." >&2 ;;
       *) family=v5p-and-below ;;
     esac
     for candidate in "$prefix-$family" "$prefix"; do

@@ -159,6 +159,14 @@ def test_tpu_create_takes_a_published_image_or_stops_naming_them():
   assert 'Fix: set TF_VERSION to one of them' in err
   status, err = launch_error('tpu_vm.sh', 'create', VERSION='tpu-vm-tf-2.20.0-pjrt')
   assert status == 2 and 'tpu-vm-tf-2.20.0-pjrt is not published in zone z' in err
+  # Trillium gets the v5e-and-v6 image, with a warning that nothing here is tested on it.
+  env = dict(os.environ, PROJECT='p', ZONE='z', TPU='t', BUCKET='gs://b', DRY_RUN='1',
+             TPU_VERSIONS_FILE=VERSIONS, ACCELERATOR='v6e-8')
+  proc = subprocess.run(['bash', os.path.join(REPO, 'launch', 'tpu_vm.sh'), 'create'], env=env,
+                        capture_output=True, text=True, check=True)
+  assert '--version=tpu-vm-tf-2.18.0-pjrt-v5e-and-v6' in proc.stdout
+  assert 'v6e-8 (v6e) is untested' in proc.stderr and 'smoke' in proc.stderr, proc.stderr
+  assert 'untested' not in launch_error('tpu_vm.sh', 'create', TF_VERSION='2.20.0')[1]
   empty = os.devnull
   status, err = launch_error('tpu_vm.sh', 'create', TPU_VERSIONS_FILE=empty)
   assert status == 2 and 'Could not list the TPU runtime images of zone z' in err
